@@ -1,0 +1,137 @@
+"""The multimodal template mixin.
+
+:class:`MultimodalTemplateMixin` makes any Avalanche template (``SupervisedTemplate``
+and every strategy built on it) accept multimodal inputs:
+
+- the minibatch is moved to the device recursively (dicts, tuples, lists,
+  nested, :class:`~avalanche_mm.data.MultimodalBatch`) instead of calling
+  ``.to`` on each element (which fails for a dict ``x`` in Avalanche 0.6.0);
+- the train loader always uses the dataset's ``collate_fn`` (Avalanche 0.6.0
+  drops it on the non task-aware / class-incremental path, upstream issue
+  1531) or the ``collate_fn`` passed to ``train(...)``;
+- eval loaders keep using the dataset's collate, as in Avalanche;
+- ``mb_batch_size`` is dict-aware.
+
+Put the mixin first in the bases so its methods take precedence::
+
+    class MyStrategy(MultimodalTemplateMixin, SupervisedTemplate): ...
+
+Each change is small and written so that it could be sent upstream.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from avalanche_mm.data.batch import batch_size, to_device
+from avalanche_mm.data.collate import MultimodalCollate
+
+
+class MultimodalTemplateMixin:
+    """Mixin that makes an Avalanche template multimodal (see module docstring)."""
+
+    #: collate used when neither the dataset nor ``train(collate_fn=...)`` gives one
+    default_collate_fn: Optional[Callable] = None
+
+    # -- device move ---------------------------------------------------------
+    def _unpack_minibatch(self):
+        """Move every element of the minibatch to the device, recursively."""
+        mbatch = self.mbatch
+        assert mbatch is not None
+        if isinstance(mbatch, tuple):
+            mbatch = list(mbatch)
+            self.mbatch = mbatch
+        for i in range(len(mbatch)):
+            mbatch[i] = to_device(mbatch[i], self.device, non_blocking=True)
+
+    # -- loaders ---------------------------------------------------------------
+    def _resolve_collate(self, kwargs) -> Optional[Callable]:
+        collate = kwargs.pop("collate_fn", None)
+        if collate is None:
+            collate = getattr(self.adapted_dataset, "collate_fn", None)
+        if collate is None:
+            collate = self.default_collate_fn
+        return collate
+
+    def make_train_dataloader(
+        self,
+        num_workers=0,
+        shuffle=True,
+        pin_memory=None,
+        persistent_workers=False,
+        drop_last=False,
+        **kwargs,
+    ):
+        """Build the train loader with the dataset's (or given) collate.
+
+        Same arguments as Avalanche's ``make_train_dataloader``; additionally a
+        ``collate_fn`` given to ``strategy.train(exp, collate_fn=...)`` is used.
+        """
+        assert self.adapted_dataset is not None
+        collate = self._resolve_collate(kwargs)
+        from avalanche.benchmarks.utils.data_loader import TaskBalancedDataLoader
+
+        other_args = self._obtain_common_dataloader_parameters(
+            batch_size=self.train_mb_size,
+            num_workers=num_workers,
+            shuffle=shuffle,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            drop_last=drop_last,
+        )
+        if collate is not None:
+            other_args["collate_fn"] = collate
+        if "ffcv_args" in kwargs:
+            other_args["ffcv_args"] = kwargs["ffcv_args"]
+        if hasattr(self.experience, "task_labels"):
+            self.dataloader = TaskBalancedDataLoader(
+                self.adapted_dataset, oversample_small_groups=True, **other_args
+            )
+        else:
+            self.dataloader = DataLoader(self.adapted_dataset, **other_args)
+
+    def make_eval_dataloader(
+        self, num_workers=0, shuffle=False, pin_memory=None, persistent_workers=False, **kwargs
+    ):
+        """Build the eval loader with the dataset's (or given) collate.
+
+        Avalanche 0.6.0 ignores a ``collate_fn`` passed to ``eval(...)``; here
+        it takes precedence over the dataset's.
+        """
+        assert self.adapted_dataset is not None
+        from avalanche.benchmarks.utils.data_loader import SingleDatasetDataLoader
+
+        collate = self._resolve_collate(kwargs)
+        other_args = self._obtain_common_dataloader_parameters(
+            batch_size=self.eval_mb_size,
+            num_workers=num_workers,
+            shuffle=shuffle,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+        )
+        if collate is not None:
+            other_args["collate_fn"] = collate
+        if "ffcv_args" in kwargs:
+            other_args["ffcv_args"] = kwargs["ffcv_args"]
+        self.dataloader = SingleDatasetDataLoader(self.adapted_dataset, **other_args)
+
+    # -- dict-aware helpers ----------------------------------------------------
+    @property
+    def mb_batch_size(self) -> int:
+        """Number of samples in the current minibatch (dict-aware)."""
+        return batch_size(self.mb_x)
+
+    def buffer_collate_fn(self, dataset) -> Optional[Callable]:
+        """The collate to use for a loader built over ``dataset`` (e.g. a buffer)."""
+        return getattr(dataset, "collate_fn", None) or self.default_collate_fn
+
+
+def is_multimodal_input(x: Any) -> bool:
+    """True when ``x`` is a multimodal (dict-like) input rather than a tensor."""
+    return not isinstance(x, torch.Tensor)
+
+
+__all__ = ["MultimodalTemplateMixin", "is_multimodal_input"]
