@@ -19,6 +19,15 @@ from .backbones import (
     list_backbones,
     register_backbone,
 )
+from .zero_shot import (
+    DEFAULT_TEMPLATES,
+    ClassEmbeddingCache,
+    ContrastiveRetrievalLoss,
+    MultiTaskZeroShotClassifier,
+    RetrievalHead,
+    ZeroShotClassifier,
+    render_prompts,
+)
 
 __all__ = [
     "VisionLanguageBackbone",
@@ -34,4 +43,11 @@ __all__ = [
     "list_backbones",
     "TINY_OPENCLIP_CONFIG",
     "TINY_HFCLIP_CONFIG",
+    "DEFAULT_TEMPLATES",
+    "render_prompts",
+    "ClassEmbeddingCache",
+    "ZeroShotClassifier",
+    "MultiTaskZeroShotClassifier",
+    "RetrievalHead",
+    "ContrastiveRetrievalLoss",
 ]
