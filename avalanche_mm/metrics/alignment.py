@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from avalanche.training.templates import SupervisedTemplate
 
 #: logged base name of each key of :func:`alignment_summary` / :func:`representation_drift`
-#: (recall keys ``i2t_R@k`` / ``t2i_R@k`` become ``Retrieval_i2t_R@k`` / ``Retrieval_t2i_R@k``).
+#: (recall keys ``i2t_R@k`` / ``t2i_R@k`` become ``Retrieval_i2t_Rk`` / ``Retrieval_t2i_Rk``:
+#: no ``@`` in logged names, which end up in file names and TensorBoard tags).
 LOGGED_NAMES = {
     "mean_recall": "Retrieval_MeanRecall",
     "positive_cosine": "Align_PositiveCosine",
@@ -49,7 +50,7 @@ LOGGED_NAMES = {
 
 def _logged_name(key: str) -> str:
     if key.startswith("i2t_R@") or key.startswith("t2i_R@"):
-        return f"Retrieval_{key}"
+        return f"Retrieval_{key.replace('@', '')}"
     return LOGGED_NAMES[key]
 
 
@@ -191,7 +192,8 @@ class CrossModalAlignment(PluginMetric[Dict[str, float]]):
     At the end of each evaluation of ``stream_name`` it embeds the probe set with the current
     model (eval mode) and logs, with names ``<Base>/eval_phase/<probe_name>_probe``:
 
-    - ``retrieval``: ``Retrieval_i2t_R@k``, ``Retrieval_t2i_R@k`` (k in ``ks``),
+    - ``retrieval``: ``Retrieval_i2t_Rk``, ``Retrieval_t2i_Rk`` (k in ``ks``, e.g.
+      ``Retrieval_i2t_R1``),
       ``Retrieval_MeanRecall``;
     - ``geometry``: ``Align_PositiveCosine``, ``Align_ModalityGap``, ``Align_AlignmentLoss``,
       ``Align_Uniformity_image``, ``Align_Uniformity_text``;

@@ -1,4 +1,8 @@
+# ruff: noqa: E501  (data tables)
 """Published MTIL accuracy matrices (ZSCL, ICCV 2023, Table 3, MTIL order I, CLIP ViT-B/16).
+
+Reference data for reproduction checks: ``mtil_summary(MATRICES[m])`` rounded to one decimal
+gives ``PUBLISHED[m]`` exactly (tested in ``tests/metrics``).
 
 Source: the ZSCL authors' repository, Thunderbeee/ZSCL, file ``mtil/results.ipynb``
 (section "Table 3. Comparison of different methods on MTIL"): the matrices printed there after
@@ -10,6 +14,21 @@ StanfordCars, SUN397. Values are accuracies in percent, as printed (6 decimals).
 notebook's output for each matrix, and ``PUBLISHED_TRANSFER_PER_DATASET`` the notebook's
 per-dataset transfer row (datasets 2..11), all rounded to one decimal.
 """
+
+#: MTIL order I: the dataset of each row / column.
+MTIL_ORDER_I = [
+    "Aircraft",
+    "Caltech101",
+    "CIFAR100",
+    "DTD",
+    "EuroSAT",
+    "Flowers",
+    "Food",
+    "MNIST",
+    "OxfordPet",
+    "StanfordCars",
+    "SUN397",
+]
 
 ZERO_SHOT_ROW = [24.3, 88.4, 68.2, 44.6, 54.9, 71.0, 88.5, 59.4, 89.0, 64.7, 65.2]
 
@@ -74,6 +93,7 @@ PUBLISHED_TRANSFER_PER_DATASET = {
 }
 
 __all__ = [
+    "MTIL_ORDER_I",
     "ZERO_SHOT_ROW",
     "ZERO_SHOT",
     "FINETUNE",
