@@ -224,7 +224,8 @@ class ER_ACE(MultimodalTemplateMixin, _ER_ACE):
     """
 
     def _before_training_exp(self, **kwargs):
-        self.storage_policy.update(self, **kwargs)
+        # same as Avalanche's deprecated ``update``: add the experience to the buffer
+        self.storage_policy.post_adapt(self, self.experience)
         buffer = self.storage_policy.buffer
         if len(buffer) >= self.batch_size_mem and self.experience.current_experience > 0:
             loader = make_plugin_loader(
