@@ -1,0 +1,3 @@
+"""Loaders for real multimodal datasets on disk (filled in by the loader modules)."""
+
+__all__ = []
