@@ -19,6 +19,18 @@ from .backbones import (
     list_backbones,
     register_backbone,
 )
+from .attach import (
+    AdapterSet,
+    BackboneAttachment,
+    BottleneckAdapter,
+    MixtureOfAdapters,
+    ParameterReport,
+    TextContextPrompts,
+    VisualPrompts,
+    attach_adapters,
+    attach_prompts,
+    trainable_parameter_report,
+)
 from .zero_shot import (
     DEFAULT_TEMPLATES,
     ClassEmbeddingCache,
@@ -50,4 +62,14 @@ __all__ = [
     "MultiTaskZeroShotClassifier",
     "RetrievalHead",
     "ContrastiveRetrievalLoss",
+    "BackboneAttachment",
+    "BottleneckAdapter",
+    "MixtureOfAdapters",
+    "AdapterSet",
+    "attach_adapters",
+    "VisualPrompts",
+    "TextContextPrompts",
+    "attach_prompts",
+    "ParameterReport",
+    "trainable_parameter_report",
 ]

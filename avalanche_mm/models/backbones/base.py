@@ -355,7 +355,7 @@ class VisionLanguageBackbone(nn.Module):
         self._attach_generation += 1
 
     def remove_attachment(self, name: str) -> nn.Module:
-        """Unregister attachment ``name`` and return it."""
+        """Unregister attachment ``name`` (and remove its hooks); return it."""
         if name not in self.attachments:
             raise KeyError(
                 f"no attachment named '{name}' on {self.name} "
@@ -364,6 +364,9 @@ class VisionLanguageBackbone(nn.Module):
         module = self.attachments[name]
         del self.attachments[name]
         self._attach_generation += 1
+        release = getattr(module, "_release", None)
+        if callable(release):  # remove its hooks too
+            release()
         return module
 
     @property

@@ -1,0 +1,19 @@
+"""Adapters and prompts attached to a backbone's transformer blocks (no fork)."""
+
+from .adapters import AdapterSet, BottleneckAdapter, MixtureOfAdapters, attach_adapters
+from .base import BackboneAttachment
+from .prompts import TextContextPrompts, VisualPrompts, attach_prompts
+from .report import ParameterReport, trainable_parameter_report
+
+__all__ = [
+    "BackboneAttachment",
+    "BottleneckAdapter",
+    "MixtureOfAdapters",
+    "AdapterSet",
+    "attach_adapters",
+    "VisualPrompts",
+    "TextContextPrompts",
+    "attach_prompts",
+    "ParameterReport",
+    "trainable_parameter_report",
+]
