@@ -217,6 +217,7 @@ class _AblationMetric(PluginMetric[Dict[str, float]]):
 
     def before_eval(self, strategy: "SupervisedTemplate") -> None:
         self._stream = _Counts()
+        self._mods = None
 
     def after_eval_iteration(self, strategy: "SupervisedTemplate") -> None:
         mods = self._resolve_modalities(strategy.mb_x)

@@ -163,11 +163,14 @@ def test_a_pure_noise_modality_gets_about_zero_contribution_and_shapley_value():
     x_train, y_train = _make_batch(600, centres, gen)
     x_test, y_test = _make_batch(600, centres, gen)
     model = _LateFusion({"signal": 6, "noise": 6}, 3)
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(150):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x_train), y_train).backward()
-        opt.step()
+    # fit both heads jointly by least squares on one-hot targets (no iterative training)
+    design = torch.cat([x_train["signal"], x_train["noise"], torch.ones(600, 1)], dim=1)
+    coef = torch.linalg.lstsq(design, torch.nn.functional.one_hot(y_train, 3).float()).solution
+    with torch.no_grad():
+        model.heads["signal"].weight.copy_(coef[:6].T)
+        model.heads["signal"].bias.copy_(coef[12])
+        model.heads["noise"].weight.copy_(coef[6:12].T)
+        model.heads["noise"].bias.zero_()
     with torch.no_grad():
         fused = accuracy(model(x_test), y_test)
         without = {m: accuracy(model(x_test.drop(m)), y_test) for m in ("signal", "noise")}
@@ -180,3 +183,15 @@ def test_a_pure_noise_modality_gets_about_zero_contribution_and_shapley_value():
     assert contrib["signal"] > 0.4 and phi["signal"] > 0.4
     assert abs(contrib["noise"]) < 0.03 and abs(phi["noise"]) < 0.03
     assert imbalance_index(phi) > 0.9
+
+
+def test_accuracy_known_answer_and_shape_errors():
+    logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    assert accuracy(logits, torch.tensor([1, 0, 0])) == pytest.approx(2 / 3)
+    assert accuracy(torch.tensor([1, 1]), torch.tensor([1, 0])) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"\[B, C\]"):
+        accuracy(torch.zeros(2, 3, 4), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="batch size"):
+        accuracy(logits, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="empty"):
+        accuracy(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))

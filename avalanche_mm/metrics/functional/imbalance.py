@@ -30,11 +30,11 @@ def correct_predictions(logits: Tensor, targets: Tensor) -> Tensor:
             f"logits and targets must be torch tensors; got {type(logits).__name__} and "
             f"{type(targets).__name__}. Models must return plain logits tensors [B, C]."
         )
-    preds = logits if logits.dim() == 1 else logits.argmax(dim=-1)
-    if logits.dim() > 2:
+    if logits.dim() not in (1, 2):
         raise ValueError(
             f"logits must be [B, C] (or predicted labels [B]); got shape {tuple(logits.shape)}"
         )
+    preds = logits if logits.dim() == 1 else logits.argmax(dim=-1)
     if preds.shape[0] != targets.reshape(-1).shape[0]:
         raise ValueError(
             f"logits and targets disagree on the batch size: {tuple(logits.shape)} vs "
