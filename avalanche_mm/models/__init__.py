@@ -31,6 +31,15 @@ from .attach import (
     attach_prompts,
     trainable_parameter_report,
 )
+from .fusion import (
+    FUSIONS,
+    ConvEncoder,
+    FusionModel,
+    MiniLMTextEncoder,
+    MLPEncoder,
+    SequenceEncoder,
+    TextEncoder,
+)
 from .zero_shot import (
     DEFAULT_TEMPLATES,
     ClassEmbeddingCache,
@@ -72,4 +81,11 @@ __all__ = [
     "attach_prompts",
     "ParameterReport",
     "trainable_parameter_report",
+    "FusionModel",
+    "FUSIONS",
+    "MLPEncoder",
+    "ConvEncoder",
+    "SequenceEncoder",
+    "TextEncoder",
+    "MiniLMTextEncoder",
 ]

@@ -1,0 +1,18 @@
+"""Fusion networks for non-CLIP modality mixes (audio-visual, video + sensors, ...)."""
+
+from .encoders import ConvEncoder, MLPEncoder, SequenceEncoder, TextEncoder, length_mask, masked_mean
+from .minilm import MiniLMTextEncoder, minilm_model_path
+from .model import FUSIONS, FusionModel
+
+__all__ = [
+    "FusionModel",
+    "FUSIONS",
+    "MLPEncoder",
+    "ConvEncoder",
+    "SequenceEncoder",
+    "TextEncoder",
+    "MiniLMTextEncoder",
+    "minilm_model_path",
+    "length_mask",
+    "masked_mean",
+]
