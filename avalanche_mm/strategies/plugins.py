@@ -18,8 +18,9 @@ and the dataset's own ``collate_fn`` (a
   reference gradient;
 - :class:`ClassBalancedBufferWithLogits` (DER's buffer) - logits computed on
   collated dict batches;
-- :class:`ICaRLPlugin` - exemplars kept as dataset subsets (not stacked
-  tensors), dict-aware herding, class means and flip augmentation;
+- :class:`ICaRLPlugin` - exemplars stored as samples (modality dicts, not
+  stacked tensors) and replayed with the data's collate; dict-aware herding,
+  class means and flip augmentation;
 - :class:`HerdingSelectionStrategy` and
   :class:`ClosestToCenterSelectionStrategy` (for ``ParametricBuffer``) -
   features computed on collated dict batches.
@@ -39,6 +40,7 @@ template's own forward does. All of them also work on plain tensors.
 from __future__ import annotations
 
 import collections.abc as cabc
+import random
 import warnings
 from collections import defaultdict
 from math import ceil
@@ -411,8 +413,9 @@ class AGEMPlugin(_AGEMPlugin):
         if len(dataset) == 0:
             raise ValueError("AGEMPlugin: cannot add an empty experience to the buffer.")
         if len(dataset) > self.patterns_per_experience:
-            keep = torch.randperm(len(dataset))[: self.patterns_per_experience].tolist()
-            dataset = dataset.subset(keep)
+            indices = list(range(len(dataset)))
+            random.shuffle(indices)  # Python's RNG, as Avalanche's A-GEM
+            dataset = dataset.subset(indices[: self.patterns_per_experience])
         self.buffers.append(dataset)
         self.buffer_dataloader = GroupBalancedInfiniteDataLoader(
             self.buffers,

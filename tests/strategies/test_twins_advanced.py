@@ -472,3 +472,58 @@ def test_stock_icarl_fails_on_multimodal_batches_ours_trains():
     for exp in old.train_stream:
         s.train(exp)
     assert len(s.icarl_plugin.x_memory) == N_CLASSES
+
+
+# --------------------------------------------------------------------------
+# the twins still work on plain tensor data
+# --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tensor_bench():
+    from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+    from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+
+    def data(n):
+        g = torch.Generator().manual_seed(n)
+        y = torch.arange(N_CLASSES).repeat(n)
+        x = torch.randn(len(y), 3, 4, 4, generator=g) + y[:, None, None, None]
+        return _make_taskaware_tensor_classification_dataset(x, y)
+
+    return class_incremental_benchmark(
+        {"train": data(6), "test": data(3)}, num_experiences=2, class_order=[0, 1, 2, 3]
+    )
+
+
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("EWC", {"ewc_lambda": 1.0}),
+        ("MAS", {}),
+        ("GEM", {"patterns_per_exp": 6}),
+        ("AGEM", {"patterns_per_exp": 6, "sample_size": 6}),
+        ("DER", {"mem_size": 8, "batch_size_mem": 4}),
+        ("ER_ACE", {"mem_size": 8, "batch_size_mem": 4}),
+        ("ICaRL", {"memory_size": 8, "buffer_transform": None, "fixed_memory": True}),
+    ],
+)
+def test_twin_still_trains_on_plain_tensor_inputs(tensor_bench, name, kw):
+    def mlp(out):
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, out))
+
+    from avalanche.evaluation.metrics import accuracy_metrics
+    from avalanche.training.plugins import EvaluationPlugin
+
+    evaluator = EvaluationPlugin(accuracy_metrics(stream=True), loggers=[])
+    common = dict(train_mb_size=6, eval_mb_size=12, evaluator=evaluator)
+    if name == "ICaRL":
+        fe, clf = mlp(8), torch.nn.Linear(8, N_CLASSES)
+        params = list(fe.parameters()) + list(clf.parameters())
+        s = mm.ICaRL(feature_extractor=fe, classifier=clf, optimizer=torch.optim.SGD(params, lr=0.1),
+                     **kw, **common)
+    else:
+        model = mlp(N_CLASSES)
+        s = getattr(mm, name)(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                              criterion=torch.nn.CrossEntropyLoss(), **kw, **common)
+    for exp in tensor_bench.train_stream:
+        s.train(exp)
+    results = s.eval(tensor_bench.test_stream)
+    assert 0.0 <= results["Top1_Acc_Stream/eval_phase/test_stream"] <= 1.0
