@@ -358,6 +358,20 @@ def test_er_ace_replays_collated_buffer_batches(bench):
     assert seen_buffer_classes & set(bench.train_stream[0].classes_in_this_experience)
 
 
+def test_replay_iterator_gives_plain_dict_batches_a_to_method(plain_data):
+    # ER-ACE's training loop calls mb_buffer_x.to(device) on the replayed input
+    it = ours.device_cycle(ours.make_plugin_loader(plain_data, batch_size=4), "cpu")
+    for _ in range(3):  # cycles past the end of the 2-batch loader
+        x, y, t = next(it)
+        moved = x.to("cpu")
+        assert isinstance(moved, dict) and set(moved) == {"image", "audio"} and len(y) == 4
+    empty = ours.device_cycle(
+        ours.make_plugin_loader(plain_data, batch_size=16, drop_last=True), "cpu"
+    )
+    with pytest.raises(RuntimeError, match="produced no batch"):
+        next(empty)
+
+
 def test_stock_er_ace_fails_on_multimodal_data(bench):
     s = build(with_mixin(stock.ER_ACE), bench, mem_size=8, batch_size_mem=4)
     s.train(bench.train_stream[0])  # no replay yet
