@@ -191,6 +191,7 @@ def _assemble(
     class_names,
     seed,
     validation_size,
+    valid_sets=None,
     extra=None,
     per_exp_train=None,
     per_exp_test=None,
@@ -199,7 +200,8 @@ def _assemble(
     dataset_names=(),
     info=None,
 ):
-    train_sets, valid_sets = _validation(train_sets, validation_size, seed)
+    if valid_sets is None:
+        train_sets, valid_sets = _validation(train_sets, validation_size, seed)
     extra = dict(extra or {})
     streams = [
         _decorate(
@@ -304,6 +306,7 @@ def class_incremental_scenario(
     class_names: Optional[Sequence[str]] = None,
     task_labels: bool = False,
     validation_size: float = 0.0,
+    valid_dataset=None,
     name: Optional[str] = None,
     info: Optional[Mapping[str, Any]] = None,
 ) -> MultimodalScenario:
@@ -325,6 +328,9 @@ def class_incremental_scenario(
     :param task_labels: if True, experience ``i`` has task label ``i``.
     :param validation_size: fraction of each training class moved to a
         ``valid`` stream (0 = no validation stream).
+    :param valid_dataset: an official validation set, split by the same
+        class groups into the ``valid`` stream (instead of
+        ``validation_size``).
     :param name: value of ``experience.dataset_name``.
     :param info: extra protocol metadata stored in ``scenario.info``.
     """
@@ -367,12 +373,22 @@ def class_incremental_scenario(
         test_sets.append(te)
     meta = {"class_order": order, "classes_per_experience": sizes, "seed": seed}
     meta.update(info or {})
+    valid_sets = None
+    if valid_dataset is not None:
+        if validation_size:
+            raise ValueError(f"{where}: give validation_size or valid_dataset, not both.")
+        _require_task_aware(valid_dataset, where)
+        valid_sets = []
+        for i, group in enumerate(groups):
+            va = valid_dataset.subset(indices_of_classes(valid_dataset, group))
+            valid_sets.append(with_task_label(va, i) if task_labels else va)
     return _assemble(
         train_sets,
         test_sets,
         class_names=class_names,
         seed=seed,
         validation_size=validation_size,
+        valid_sets=valid_sets,
         extra={"dataset_name": name},
         modalities=_modalities_of(train_dataset),
         dataset_names=[name] if name else [],
