@@ -15,7 +15,6 @@ from avalanche_mm.metrics import (
     ModalityImbalanceIndex,
     ModalityShapley,
     OGMGERatio,
-    ParameterCount,
     ProbeSet,
     UnimodalAccuracy,
     ZeroShotRetention,

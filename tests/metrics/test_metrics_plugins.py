@@ -19,7 +19,6 @@ from avalanche_mm.benchmarks.toy import ToyFusionNet, make_toy_datasets, toy_ben
 from avalanche_mm.metrics import (
     AccuracyMatrix,
     CrossModalAlignment,
-    OGMGERatio,
     ProbeSet,
     ResultsLogger,
     ZeroShotRetention,

@@ -8,7 +8,7 @@ All computations run in float64 on the input's device.
 """
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 from torch import Tensor
