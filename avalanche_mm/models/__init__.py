@@ -31,6 +31,13 @@ from .attach import (
     attach_prompts,
     trainable_parameter_report,
 )
+from .feature_cache import (
+    FeatureCachePlugin,
+    FrozenFeatureCache,
+    LinearProbe,
+    dataset_fingerprint,
+    module_fingerprint,
+)
 from .fusion import (
     FUSIONS,
     ConvEncoder,
@@ -88,4 +95,9 @@ __all__ = [
     "SequenceEncoder",
     "TextEncoder",
     "MiniLMTextEncoder",
+    "FrozenFeatureCache",
+    "FeatureCachePlugin",
+    "LinearProbe",
+    "module_fingerprint",
+    "dataset_fingerprint",
 ]
