@@ -34,6 +34,7 @@ Neither source ships data we can download: place the files by hand.
 from __future__ import annotations
 
 import csv
+import pickle
 import wave
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -74,7 +75,7 @@ def _load_npy_dict(path: Path, what: str) -> dict:
     try:
         obj = np.load(path, allow_pickle=True)
         obj = obj.item() if isinstance(obj, np.ndarray) and obj.dtype == object else obj
-    except (ValueError, OSError, EOFError) as err:
+    except (ValueError, OSError, EOFError, pickle.UnpicklingError) as err:
         raise DatasetFormatError(f"{path}: cannot read {what} ({err}); the file is corrupt.") from err
     if not isinstance(obj, dict):
         raise DatasetFormatError(f"{path}: expected a pickled dict ({what}), got {type(obj).__name__}.")
