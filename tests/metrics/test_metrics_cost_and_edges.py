@@ -1,5 +1,6 @@
 """Cost metrics, periodic evaluation, and the errors the plugin metrics raise."""
 
+import numpy as np
 import pytest
 import torch
 from avalanche.core import SupervisedPlugin
@@ -222,3 +223,45 @@ def test_alignment_with_explicit_encoders_and_tensor_probe(bench):
     strategy.eval(bench.test_stream)
     assert calls == {"image": 2, "text": 3}  # ceil(6 / 4) and ceil(9 / 4) batches
     assert set(metric.result()) >= {"i2t_R@1", "t2i_R@1", "modality_gap"}
+
+
+def test_imbalance_index_sources_match_their_definitions(bench):
+    from torch.utils.data import DataLoader
+
+    from avalanche_mm.metrics import ModalityContribution
+    from avalanche_mm.metrics.functional import imbalance_index
+
+    ablation = ModalityAblation()
+    index = {
+        s: ModalityImbalanceIndex(source=s, ablation=ablation)
+        for s in ("contribution", "shapley", "unimodal")
+    }
+    contrib = ModalityContribution(ablation=ablation)
+    shapley = ModalityShapley(ablation=ablation)
+    strategy = _naive(bench, EvaluationPlugin(*index.values(), contrib, shapley, loggers=[]))
+    strategy.train(bench.train_stream[0])
+    strategy.eval(bench.test_stream[:1])
+
+    def strip(res, prefix):
+        return {k[len(prefix):]: v for k, v in res.items()}
+
+    def close(a, b):
+        return (np.isnan(a) and np.isnan(b)) or a == pytest.approx(b)
+
+    got = {s: m.result()["ModalityImbalanceIndex"] for s, m in index.items()}
+    assert close(got["contribution"], imbalance_index(strip(contrib.result(), "ModalityContribution_")))
+    assert close(got["shapley"], imbalance_index(strip(shapley.result(), "ModalityShapley_")))
+    # unimodal: gain of each modality alone over the empty input, recomputed by hand
+    model = strategy.model.eval()
+    ds = bench.test_stream[0].dataset.eval()
+    hits = {}
+    with torch.no_grad():
+        for x, y, _ in DataLoader(ds, batch_size=8, collate_fn=ds.collate_fn):
+            for keep in (("image",), ("text",), ("audio",), ()):
+                pred = model(x.keep(keep)).argmax(1)
+                hits[keep] = hits.get(keep, 0) + int((pred == y).sum())
+    acc = {k: v / len(ds) for k, v in hits.items()}
+    expected = imbalance_index({m: acc[(m,)] - acc[()] for m in ("image", "text", "audio")})
+    assert close(got["unimodal"], expected)
+    # 7 distinct ablations (Shapley's subsets include every other source's), shared by all
+    assert ablation.extra_passes == 7 * 1  # one evaluated minibatch of 8 samples

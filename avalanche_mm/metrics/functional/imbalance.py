@@ -70,7 +70,7 @@ def modality_contributions(
 
 
 def _normalise_subset_values(
-    subset_values: Mapping[Iterable[str], float], modalities: Sequence[str]
+    subset_values: Mapping[Iterable[str], float],
 ) -> Dict[FrozenSet[str], float]:
     values: Dict[FrozenSet[str], float] = {}
     for key, val in subset_values.items():
@@ -130,7 +130,7 @@ def shapley_values(
             f"exact Shapley values need 2**n subset values; n={n} exceeds the supported maximum "
             f"{MAX_SHAPLEY_MODALITIES}"
         )
-    values = _normalise_subset_values(subset_values, mods)
+    values = _normalise_subset_values(subset_values)
     missing = [sorted(s) for s in all_subsets(mods) if s not in values]
     if missing:
         raise ValueError(
