@@ -1,9 +1,26 @@
 """Shared fixtures of the benchmarks tests: tiny multimodal datasets."""
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from mmbench_helpers import make_toy
+
+def _load_helper(name):
+    # pytest runs with --import-mode=importlib (no sys.path changes), so the helper
+    # modules next to this file are registered by path under unique names
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+make_toy = _load_helper("mmbench_helpers").make_toy
+_load_helper("mmbench_fixtures")
 
 
 @pytest.fixture
