@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from avalanche_mm.data import get_modality_specs
+
 from ._datasets import map_samples
 from .scenarios import (
     MultimodalScenario,
@@ -258,6 +260,15 @@ def apply_modality_conditions(
                 f"{what} names modalities {unknown} that the benchmark does not have "
                 f"(it has {modalities})."
             )
+    specs = _specs_of(benchmark)
+    for m, c in corruptions.items():
+        cs = c if isinstance(c, (list, tuple)) else [c]
+        if any(isinstance(x, GaussianNoise) for x in cs) and m in specs:
+            if not specs[m].dtype.is_floating_point:
+                raise TypeError(
+                    f"GaussianNoise applies to floating-point modalities; '{m}' holds "
+                    f"{specs[m].dtype} values. Use ShuffleModality for token ids."
+                )
     all_streams = benchmark.streams
     unknown_streams = sorted(set(streams) - set(all_streams))
     if unknown_streams:
@@ -313,6 +324,14 @@ def apply_modality_conditions(
         timeline = hasattr(exps[0], "classes_in_this_experience")
         new_streams.append(_decorate(sname, datasets, extras, timeline=timeline))
     return benchmark.derive(new_streams)
+
+
+def _specs_of(benchmark) -> Dict[str, Any]:
+    stream = next(iter(benchmark.streams.values()))
+    try:
+        return get_modality_specs(stream[0].dataset)
+    except TypeError:
+        return {}
 
 
 def with_modality_schedule(

@@ -40,7 +40,7 @@ import torch
 
 from avalanche_mm.data import WordTokenizer, make_multimodal_dataset, make_pair_dataset
 
-from .conditions import apply_modality_conditions, with_modality_schedule
+from .conditions import apply_modality_conditions, modality_incremental_scenario
 from .scenarios import (
     MultimodalScenario,
     TaskDataset,
@@ -953,8 +953,6 @@ class ProceduralWorld:
         tokenizer: Optional[Callable[[str], torch.Tensor]] = None,
     ) -> MultimodalScenario:
         """Same classes throughout; modalities join in later experiences."""
-        from .conditions import modality_incremental_scenario
-
         modalities = list(dict.fromkeys(m for s in schedule for m in s))
         classes = self.task_classes(num_classes, seed=seed)
         train = self.classification_split(

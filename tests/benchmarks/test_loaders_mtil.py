@@ -64,6 +64,14 @@ def test_each_mtil_dataset_reports_missing_files(tmp_path, name):
     assert str(tmp_path) in msg
 
 
+def test_image_transform_replaces_the_default_preprocessing(mtil_root):
+    def transform(img):
+        return torch.full((3, 5, 5), float(img.size[0]))
+
+    td = load_mtil_dataset("DTD", root=mtil_root, image_transform=transform)
+    assert torch.equal(td.train[0][0]["image"], torch.full((3, 5, 5), 12.0))  # fixture side
+
+
 def test_partial_files_are_listed(tmp_path):
     MTIL_WRITERS["Food"](tmp_path)
     os.remove(tmp_path / "food-101" / "meta" / "test.json")

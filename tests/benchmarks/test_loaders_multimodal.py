@@ -127,6 +127,16 @@ def test_avcil_errors(tmp_path):
         load_avcil_features("UCF101", root=tmp_path)
 
 
+def test_avcil_hdf5_visual_features_are_checked(tmp_path):
+    write_avcil(tmp_path, n_classes=28, per_class=1)
+    vis = tmp_path / "AVE" / "visual_pretrained_feature"
+    os.remove(vis / "visual_pretrained_feature_dict.npy")
+    (vis / "visual_features.h5").write_bytes(b"not hdf5")
+    # without h5py: a message naming it; with h5py: the file is reported corrupt
+    with pytest.raises((ImportError, DatasetFormatError), match="h5"):
+        load_avcil_features("AVE", root=tmp_path)
+
+
 # --------------------------------------------------------------------------
 # SAMM VGGSound
 # --------------------------------------------------------------------------

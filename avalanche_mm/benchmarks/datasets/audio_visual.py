@@ -37,7 +37,7 @@ import csv
 import pickle
 import wave
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -163,9 +163,14 @@ def load_avcil_features(name: str, *, root):
                 f"{name}: {vis_h5} is an HDF5 file and reading it needs h5py "
                 "(pip install h5py), or convert it to visual_pretrained_feature_dict.npy."
             ) from err
-        with h5py.File(vis_h5, "r") as f:
-            visual_ids = set(f.keys())
-            _check_shapes({k: f[k].shape for k in f.keys()}, "video", name)
+        try:
+            with h5py.File(vis_h5, "r") as f:
+                visual_ids = set(f.keys())
+                _check_shapes({k: f[k].shape for k in f.keys()}, "video", name)
+        except OSError as err:
+            raise DatasetFormatError(
+                f"{name}: {vis_h5} is not a readable HDF5 file ({err}); it is corrupt or partial."
+            ) from err
         visual_loader = _H5Feature(str(vis_h5))
     _check_shapes({v: np.shape(x) for v, x in audio.items()}, "audio", name)
     ids = sorted(set(encode.values()))

@@ -20,7 +20,6 @@ import pickle
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-import torch
 
 from avalanche_mm.data import make_multimodal_dataset
 
