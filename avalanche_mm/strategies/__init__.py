@@ -8,3 +8,23 @@ from .twins_advanced import *  # noqa: F401,F403
 from .twins_advanced import __all__ as _twins_advanced_all
 
 __all__ = ["MultimodalTemplateMixin", "is_multimodal_input"] + list(_twins_all) + list(_twins_advanced_all)
+
+# CLIP-era methods of the main job (one module per method: plugin + strategy)
+from .finetune import FineTune, IterationSchedulePlugin  # noqa: E402
+from .zeroshot import ZeroShot, ZeroShotPlugin  # noqa: E402
+from .clip_lwf import CLIPLwF, CLIPLwFPlugin  # noqa: E402
+from .wiseft import WiSEFT, WiSEFTPlugin  # noqa: E402
+from .zscl import ZSCL, ZSCLPlugin  # noqa: E402
+
+__all__ += [
+    "FineTune",
+    "IterationSchedulePlugin",
+    "ZeroShot",
+    "ZeroShotPlugin",
+    "CLIPLwF",
+    "CLIPLwFPlugin",
+    "WiSEFT",
+    "WiSEFTPlugin",
+    "ZSCL",
+    "ZSCLPlugin",
+]

@@ -1,0 +1,490 @@
+"""Experiment configuration: schema, loading, ``--set`` overrides, validation.
+
+A config is a YAML mapping. The full form lists one or more *studies*, each
+comparing strategies on one benchmark::
+
+    name: my-study
+    seed: 0
+    studies:
+      mtil:
+        benchmark: {name: procedural-mtil, params: {n_tasks: 4}}
+        model: {kind: clip, backbone: tiny-openclip}
+        training: {iterations: 100, lr: 1.0e-4}
+        strategies:
+          finetune: {}
+          zscl: {we_every: 10}
+
+A config with a single study may put ``benchmark``, ``model``, ``training``,
+``evaluation`` and ``strategies`` at the top level (they become the study
+``main``). A strategy entry's name is its display name; its ``method`` (default:
+the name itself) picks the method from :data:`avalanche_mm.experiments.methods.METHODS`;
+its other keys are the method's parameters, plus an optional ``training``
+mapping that overrides the study's training settings for that strategy.
+
+:func:`load_config` reads a file (or the built-in default), applies ``--set``
+overrides and validates everything, raising one :class:`ConfigError` that
+lists every problem with its dotted key, the value given and what was expected.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from importlib import resources
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import yaml
+
+from .schema import REQUIRED, ConfigError, MapOf, Opt, Section, _show, _suggest
+
+LOGGERS = ("text", "tensorboard", "wandb", "csv", "interactive")
+MODEL_KINDS = ("clip", "fusion")
+#: top-level keys that are moved under ``studies.main`` in the single-study form
+STUDY_KEYS = ("title", "benchmark", "model", "training", "evaluation", "strategies")
+
+
+def _check_device(value: str) -> Optional[str]:
+    if value in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", value):
+        return None
+    return "expected 'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'"
+
+
+def _check_betas(value: List[float]) -> Optional[str]:
+    if len(value) != 2 or not all(isinstance(v, float) and 0 <= v < 1 for v in value):
+        return "expected two numbers in [0, 1), e.g. [0.9, 0.999]"
+    return None
+
+
+TRAINING = Section(
+    {
+        "iterations": Opt(
+            "int", None, nullable=True, minimum=1,
+            help="optimizer steps per experience (when set, epochs is only an upper bound on passes)",
+        ),
+        "epochs": Opt("int", 1, minimum=1, help="passes over each experience's training data"),
+        "batch_size": Opt("int", 32, minimum=1, help="training minibatch size"),
+        "eval_batch_size": Opt("int", 128, minimum=1, help="evaluation minibatch size"),
+        "optimizer": Opt("str", "adamw", choices=["adamw", "adam", "sgd"], help="optimizer"),
+        "lr": Opt("float", 1e-5, minimum=0.0, help="learning rate"),
+        "lr_per_experience": Opt(
+            "list", None, nullable=True, item="float",
+            help="one learning rate per experience (ZSCL uses 5e-5 for Aircraft and MNIST)",
+        ),
+        "weight_decay": Opt("float", 0.0, minimum=0.0, help="weight decay"),
+        "momentum": Opt("float", 0.9, minimum=0.0, maximum=1.0, help="SGD momentum"),
+        "betas": Opt("list", [0.9, 0.999], item="float", check=_check_betas, help="Adam betas"),
+        "scheduler": Opt("str", "cosine", choices=["cosine", "constant"], help="per-iteration LR schedule"),
+        "warmup": Opt("int", 0, minimum=0, help="linear warm-up iterations"),
+        "label_smoothing": Opt("float", 0.0, minimum=0.0, maximum=1.0, help="label smoothing of the CE loss"),
+        "grad_clip": Opt("float", None, nullable=True, minimum=0.0, help="clip the gradient norm"),
+        "reset_optimizer": Opt(
+            "bool", True, help="fresh optimizer state at every experience (as ZSCL's per-task runs)"
+        ),
+        "num_workers": Opt("int", 0, minimum=0, help="DataLoader workers"),
+    },
+    help="training settings (a strategy's `training` overrides them)",
+)
+
+PRETRAIN = Section(
+    {
+        "enabled": Opt("bool", False, help="contrastively pretrain the backbone on the benchmark's reference split (cached)"),
+        "iterations": Opt("int", 300, minimum=1, help="pretraining steps"),
+        "batch_size": Opt("int", 128, minimum=2, help="pretraining batch size"),
+        "lr": Opt("float", 2e-3, minimum=0.0, help="pretraining learning rate"),
+        "weight_decay": Opt("float", 0.1, minimum=0.0, help="pretraining weight decay"),
+        "warmup": Opt("int", 20, minimum=0, help="pretraining warm-up steps"),
+        "cache_dir": Opt(
+            "str", None, nullable=True,
+            help="cache folder (default $AVALANCHE_MM_CACHE or ~/.cache/avalanche_mm)",
+        ),
+    },
+    help="pretraining of a small backbone (CLIP kind only)",
+)
+
+MODEL = Section(
+    {
+        "kind": Opt("str", "clip", choices=list(MODEL_KINDS), help="'clip' (backbone + zero-shot head) or 'fusion'"),
+        "backbone": Opt("str", "tiny-openclip", help="backbone name for build_backbone (CLIP kind)"),
+        "pretrained": Opt("str", None, nullable=True, help="pretrained tag / checkpoint (CLIP kind)"),
+        "cache_dir": Opt("str", None, nullable=True, help="weights cache folder (CLIP kind)"),
+        "templates": Opt(
+            "list", None, nullable=True, item="str",
+            help="prompt templates with '{}' (default: the benchmark's, else 'a photo of a {}.')",
+        ),
+        "freeze": Opt(
+            "list", ["logit_scale"], item="str",
+            help="parameter name prefixes (or 'vision', 'text', 'logit_scale') kept frozen",
+        ),
+        "name": Opt("str", None, nullable=True, help="fusion model name (fusion kind)"),
+        "params": Opt("dict", {}, help="extra keyword arguments of the backbone / fusion model"),
+        "pretrain": PRETRAIN,
+    },
+    help="the model",
+)
+
+BENCHMARK = Section(
+    {
+        "name": Opt("str", REQUIRED, help="benchmark name (avalanche-mm list benchmarks)"),
+        "params": Opt("dict", {}, help="keyword arguments of the benchmark"),
+        "data_root": Opt("str", None, nullable=True, help="folder with the real datasets"),
+    },
+    help="the benchmark",
+)
+
+EVALUATION = Section(
+    {
+        "initial": Opt("bool", True, help="evaluate the untrained model on the whole test stream first (FWT baseline)"),
+        "per_modality": Opt("bool", False, help="per-modality accuracy / contribution / imbalance metrics"),
+        "alignment": Opt("bool", False, help="cross-modal alignment and drift on a probe set (CLIP kind)"),
+        "probe_size": Opt("int", 128, minimum=2, help="probe-set size for alignment metrics"),
+        "max_samples": Opt("int", None, nullable=True, minimum=1, help="cap on test samples per experience"),
+    },
+    help="what to measure",
+)
+
+
+def _strategy_entry(name: str, value: Any, key: str, errors: List[str]) -> Dict[str, Any]:
+    """Validate one strategy entry against its method's parameter schema."""
+    from .methods import METHODS
+
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        errors.append(f"{key}: got {_show(value)}, expected a mapping of method parameters (or {{}})")
+        return {}
+    value = dict(value)
+    method = value.pop("method", name)
+    if not isinstance(method, str) or method not in METHODS:
+        errors.append(
+            f"{key}.method: got {method!r}, expected one of "
+            + ", ".join(sorted(METHODS))
+            + _suggest(method, sorted(METHODS))
+            + ("" if "method" in (value or {}) else f" (the strategy name '{name}' is used as the method when `method` is absent)")
+        )
+        return {"method": method}
+    training = value.pop("training", None)
+    spec = METHODS[method]
+    params = Section(spec.params).validate(value, key, errors)
+    out = {"method": method, **params}
+    out["training"] = TRAINING.partial().validate(training, f"{key}.training", errors)
+    return out
+
+
+STUDY = Section(
+    {
+        "title": Opt("str", "", help="a title for the report"),
+        "benchmark": BENCHMARK,
+        "model": MODEL,
+        "training": TRAINING,
+        "evaluation": EVALUATION,
+        "strategies": MapOf(_strategy_entry, min_items=1, help="display name -> method and parameters"),
+    },
+    help="one benchmark, one model, several strategies",
+)
+
+WANDB = Section(
+    {
+        "project": Opt("str", "avalanche-mm", help="W&B project"),
+        "mode": Opt("str", "offline", choices=["offline", "online", "disabled"], help="W&B mode"),
+        "entity": Opt("str", None, nullable=True, help="W&B entity"),
+    },
+    help="Weights & Biases logger (used when 'wandb' is in loggers)",
+)
+
+SCHEMA = Section(
+    {
+        "name": Opt("str", "experiment", help="name of the run (default output folder results/<name>)"),
+        "description": Opt("str", "", help="free text shown in the report"),
+        "seed": Opt("int", 0, minimum=0, help="master seed"),
+        "device": Opt("str", "auto", check=_check_device, help="'auto', 'cpu', 'cuda', 'cuda:N'"),
+        "output": Opt("str", None, nullable=True, help="results folder (the CLI's --output wins)"),
+        "progress_bar": Opt("bool", True, help="tqdm progress bars on training and evaluation"),
+        "loggers": Opt(
+            "list", ["text"], item="str", choices=list(LOGGERS),
+            help="Avalanche loggers besides the results logger: " + ", ".join(LOGGERS),
+        ),
+        "wandb": WANDB,
+        "checkpoints": Section(
+            {
+                "keep": Opt("str", "last", choices=["all", "last"], help="keep every experience's checkpoint or the last"),
+            },
+            help="per-experience checkpoints (needed to resume)",
+        ),
+        "report": Section(
+            {
+                "plots": Opt("bool", True, help="draw the plots"),
+                "html": Opt("bool", True, help="write report.html besides report.md"),
+            },
+            help="the report",
+        ),
+        "studies": MapOf(STUDY, min_items=1, help="study name -> study"),
+    }
+)
+
+
+# ---------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------
+def default_config_path() -> str:
+    """Path of the built-in default config (package data)."""
+    return str(resources.files("avalanche_mm").joinpath("configs", "default.yaml"))
+
+
+def packaged_recipes() -> Dict[str, str]:
+    """Name -> path of the configs shipped in the package (``avalanche_mm/configs``)."""
+    folder = resources.files("avalanche_mm").joinpath("configs")
+    out = {}
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name.endswith((".yaml", ".yml")):
+            out[entry.name.rsplit(".", 1)[0]] = str(entry)
+    return out
+
+
+def repo_recipes(root: Optional[str] = None) -> Dict[str, str]:
+    """Name -> path of the recipes in a repository's ``configs/`` folder.
+
+    :param root: the folder holding ``configs/`` (default: the current
+        directory, then the source checkout this package lives in).
+    """
+    candidates = [root] if root else [os.getcwd(), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+    out: Dict[str, str] = {}
+    for base in candidates:
+        folder = os.path.join(base, "configs")
+        if not os.path.isdir(folder):
+            continue
+        for dirpath, _, files in os.walk(folder):
+            for f in sorted(files):
+                if f.endswith((".yaml", ".yml")):
+                    path = os.path.join(dirpath, f)
+                    rel = os.path.relpath(path, folder).rsplit(".", 1)[0]
+                    out.setdefault(rel, path)
+        if out:
+            break
+    return out
+
+
+def resolve_config_source(source: Optional[str]) -> str:
+    """Turn a CLI config argument into a file path.
+
+    ``None`` -> the built-in default; an existing path -> itself; otherwise a
+    recipe name from the package or the repository ``configs/`` folder.
+    """
+    if source is None:
+        return default_config_path()
+    if os.path.exists(source):
+        return source
+    recipes = {**repo_recipes(), **packaged_recipes()}
+    if source in recipes:
+        return recipes[source]
+    raise ConfigError(
+        [
+            f"config: got {source!r}, expected a YAML file path or a recipe name ("
+            + ", ".join(sorted(recipes))
+            + ")"
+            + _suggest(source, sorted(recipes))
+        ]
+    )
+
+
+def read_yaml(path: str) -> Dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file and line."""
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        raise ConfigError([f"{path}: not valid YAML: {err}"]) from err
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"{path}: the top level must be a mapping, got {type(data).__name__}"])
+    return dict(data)
+
+
+def parse_override(text: str) -> Tuple[List[str], Any]:
+    """Parse ``key.sub=value`` (value read as YAML: numbers, lists, null, ...)."""
+    if "=" not in text:
+        raise ConfigError([f"--set {text!r}: expected KEY=VALUE, e.g. studies.main.training.lr=1e-4"])
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError([f"--set {text!r}: the key {key!r} is not a dotted path like training.lr"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError([f"--set {text!r}: the value {raw!r} is not valid YAML ({err})"]) from err
+    return key.split("."), value
+
+
+def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """Apply ``--set`` overrides to a raw config (a copy is returned).
+
+    In a single-study config, keys below the study (``training.lr``) work as
+    they are written in the file; ``studies.<name>.`` paths work in both forms.
+    """
+    cfg = copy.deepcopy(raw)
+    for text in overrides or ():
+        path, value = parse_override(text)
+        node = cfg
+        for i, part in enumerate(path[:-1]):
+            nxt = node.get(part) if isinstance(node, dict) else None
+            if nxt is None:
+                nxt = {}
+                node[part] = nxt
+            if not isinstance(nxt, dict):
+                raise ConfigError(
+                    [
+                        f"--set {text!r}: {'.'.join(path[: i + 1])} holds {_show(nxt)}, "
+                        "not a mapping, so it has no sub-key"
+                    ]
+                )
+            node = nxt
+        node[path[-1]] = value
+    return cfg
+
+
+def normalize(raw: Mapping[str, Any]) -> Dict[str, Any]:
+    """Turn the single-study form into the ``studies`` form (a copy)."""
+    cfg = copy.deepcopy(dict(raw))
+    top = [k for k in STUDY_KEYS if k in cfg]
+    if top:
+        if "studies" in cfg:
+            raise ConfigError(
+                [
+                    f"{top[0]}: found at the top level next to `studies`; put it inside a study "
+                    "(studies.<name>.{top[0]}) or drop `studies` for a single-study config".replace("{top[0]}", top[0])
+                ]
+            )
+        study = {k: cfg.pop(k) for k in top}
+        cfg["studies"] = {"main": study}
+    return cfg
+
+
+def validate_config(raw: Mapping[str, Any], *, source: Optional[str] = None) -> Dict[str, Any]:
+    """Validate a raw config and fill the defaults.
+
+    :param raw: the config as read from YAML (either form).
+    :param source: file name used in the error message.
+    :return: the resolved config (``studies`` form, every default filled).
+    :raises ConfigError: listing every problem found.
+    """
+    cfg = normalize(raw)
+    errors: List[str] = []
+    out = SCHEMA.validate(cfg, "", errors)
+    for sname, study in (out.get("studies") or {}).items():
+        if isinstance(study, dict):
+            _check_study(sname, study, errors)
+    if errors:
+        raise ConfigError(errors, source=source)
+    return out
+
+
+def _check_study(sname: str, study: Dict[str, Any], errors: List[str]) -> None:
+    from .methods import METHODS
+    from .registry import check_benchmark
+
+    key = f"studies.{sname}"
+    bench = study.get("benchmark") or {}
+    if isinstance(bench, dict) and isinstance(bench.get("name"), str):
+        errors.extend(check_benchmark(bench, f"{key}.benchmark"))
+    model = study.get("model") or {}
+    kind = model.get("kind") if isinstance(model, dict) else None
+    if kind == "fusion" and not model.get("name"):
+        errors.append(f"{key}.model.name: missing, expected a fusion model name for kind 'fusion'")
+    training = study.get("training") or {}
+    for stname, entry in (study.get("strategies") or {}).items():
+        if not isinstance(entry, dict) or entry.get("method") not in METHODS:
+            continue
+        spec = METHODS[entry["method"]]
+        if kind in MODEL_KINDS and kind not in spec.model_kinds:
+            errors.append(
+                f"{key}.strategies.{stname}.method: {entry['method']!r} needs a model of kind "
+                + " or ".join(repr(k) for k in spec.model_kinds)
+                + f", but {key}.model.kind is {kind!r}"
+            )
+        merged = {**training, **{k: v for k, v in (entry.get("training") or {}).items()}}
+        lrs = merged.get("lr_per_experience")
+        if lrs is not None and any((not isinstance(v, float)) or v < 0 for v in lrs):
+            errors.append(f"{key}.strategies.{stname}.training.lr_per_experience: got {lrs!r}, expected numbers >= 0")
+
+
+def load_config(
+    source: Optional[str] = None,
+    *,
+    overrides: Sequence[str] = (),
+    raw: Optional[Mapping[str, Any]] = None,
+) -> Dict[str, Any]:
+    """Read, override and validate a config.
+
+    :param source: a YAML path, a recipe name, or None for the built-in default.
+    :param overrides: ``KEY=VALUE`` strings (``--set``).
+    :param raw: a config mapping to use instead of reading ``source``.
+    :return: the resolved config.
+    """
+    if raw is not None:
+        data, where = dict(raw), "<mapping>"
+    else:
+        where = resolve_config_source(source)
+        data = read_yaml(where)
+    data = apply_overrides(data, overrides)
+    return validate_config(data, source=where)
+
+
+def strategy_training(study: Mapping[str, Any], entry: Mapping[str, Any]) -> Dict[str, Any]:
+    """The training settings of one strategy (study settings + its overrides)."""
+    out = dict(study["training"])
+    out.update(entry.get("training") or {})
+    return out
+
+
+def fingerprint(obj: Any) -> str:
+    """A short stable hash of a JSON-able object (used to refuse resuming a changed run)."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def strategy_fingerprint(config: Mapping[str, Any], study_name: str, strategy_name: str) -> str:
+    """Hash of everything that determines one strategy's results."""
+    study = config["studies"][study_name]
+    return fingerprint(
+        {
+            "seed": config["seed"],
+            "benchmark": study["benchmark"],
+            "model": study["model"],
+            "evaluation": study["evaluation"],
+            "training": strategy_training(study, study["strategies"][strategy_name]),
+            "strategy": study["strategies"][strategy_name],
+        }
+    )
+
+
+def dump_yaml(config: Mapping[str, Any]) -> str:
+    """The config as YAML text (keys in schema order)."""
+    return yaml.safe_dump(json.loads(json.dumps(config, default=str)), sort_keys=False)
+
+
+__all__ = [
+    "ConfigError",
+    "SCHEMA",
+    "TRAINING",
+    "MODEL",
+    "BENCHMARK",
+    "EVALUATION",
+    "LOGGERS",
+    "load_config",
+    "validate_config",
+    "apply_overrides",
+    "parse_override",
+    "normalize",
+    "read_yaml",
+    "resolve_config_source",
+    "default_config_path",
+    "packaged_recipes",
+    "repo_recipes",
+    "strategy_training",
+    "fingerprint",
+    "strategy_fingerprint",
+    "dump_yaml",
+]

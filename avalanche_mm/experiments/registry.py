@@ -1,0 +1,492 @@
+"""Benchmarks and models as the runner sees them.
+
+:func:`build_benchmark` turns a config's ``benchmark`` section into a
+:class:`BenchmarkBundle`: the Avalanche scenario plus what the runner needs
+beside it (class names, prompt templates, an optional *reference set* of
+image-caption pairs used to pretrain a small backbone, as ZSCL's reference
+data and as the alignment probe set).
+
+Benchmarks come from two places: the package registry
+(:func:`avalanche_mm.benchmarks.get_benchmark`, when available) and the
+studies built in here for the main job (``demo-mtil``, ``demo-av``, ``toy``),
+which also carry a reference split. :func:`build_model` builds the model of a
+study (a CLIP backbone + zero-shot head, or a fusion network).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .schema import _suggest
+
+
+@dataclass
+class ReferenceSet:
+    """Image-caption pairs outside the task splits.
+
+    :ivar images: ``[N, 3, H, W]`` images (already in the model's input format).
+    :ivar texts: ``N`` captions (raw strings).
+    :ivar fingerprint: what identifies the data (for the pretraining cache).
+    """
+
+    images: Tensor
+    texts: List[str]
+    fingerprint: Dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass
+class BenchmarkBundle:
+    """A benchmark and its metadata.
+
+    :ivar name: the benchmark name.
+    :ivar scenario: the Avalanche ``CLScenario`` (``train_stream``, ``test_stream``).
+    :ivar class_names: names by global class id (None when unknown).
+    :ivar reference: an optional :class:`ReferenceSet`.
+    :ivar modalities: modality names of the samples.
+    :ivar description: one line for the report.
+    """
+
+    name: str
+    scenario: Any
+    class_names: Optional[List[str]] = None
+    reference: Optional[ReferenceSet] = None
+    modalities: Sequence[str] = ()
+    description: str = ""
+
+    @property
+    def n_experiences(self) -> int:
+        return len(self.scenario.train_stream)
+
+    def experience_names(self) -> List[str]:
+        """A short name per test experience (dataset name when known)."""
+        out = []
+        for i, exp in enumerate(self.scenario.test_stream):
+            out.append(str(getattr(exp, "dataset_name", None) or f"exp{i}"))
+        return out
+
+
+# ---------------------------------------------------------------------------
+# built-in studies
+# ---------------------------------------------------------------------------
+def _world(params: Mapping[str, Any]):
+    from avalanche_mm.benchmarks.world import ProceduralWorld
+
+    return ProceduralWorld(**dict(params))
+
+
+def _reference(world, per_combination: int, world_params: Mapping[str, Any]) -> ReferenceSet:
+    samples = world.reference_samples(per_combination=per_combination, modalities=("image", "text"))
+    return ReferenceSet(
+        images=samples.modalities["image"].float(),
+        texts=list(samples.captions),
+        fingerprint={"world": dict(world_params), "per_combination": per_combination},
+    )
+
+
+def demo_mtil(
+    *,
+    world: Optional[Mapping[str, Any]] = None,
+    tasks: Optional[Sequence[Mapping[str, Any]]] = None,
+    train_per_class: int = 40,
+    test_per_class: int = 20,
+    reference_per_combination: int = 20,
+    seed: int = 0,
+) -> BenchmarkBundle:
+    """MTIL-style sequence of procedural-world "datasets" with a reference split.
+
+    :param world: keyword arguments of :class:`~avalanche_mm.benchmarks.world.ProceduralWorld`.
+    :param tasks: the datasets, as ``WorldTask`` keyword dicts (default: the world's
+        four default datasets: shapes, colours, textures, objects).
+    :param train_per_class: training samples per class.
+    :param test_per_class: test samples per class.
+    :param reference_per_combination: reference (pretraining) pairs per object.
+    :param seed: seed of the sequence.
+    """
+    from avalanche_mm.benchmarks.world import WorldTask
+
+    wp = dict(world or {})
+    w = _world(wp)
+    task_objs = None if tasks is None else [WorldTask(**dict(t)) for t in tasks]
+    scenario = w.mtil_benchmark(
+        tasks=task_objs,
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
+        modalities=("image",),
+        seed=seed,
+    )
+    return BenchmarkBundle(
+        name="demo-mtil",
+        scenario=scenario,
+        class_names=list(scenario.class_names),
+        reference=_reference(w, reference_per_combination, wp),
+        modalities=("image",),
+        description="MTIL-style sequence of procedural-world datasets ("
+        + ", ".join(scenario.dataset_names)
+        + "), each with its own class names; a reference split of other objects for pretraining",
+    )
+
+
+def demo_av(
+    *,
+    world: Optional[Mapping[str, Any]] = None,
+    num_classes: int = 8,
+    num_experiences: int = 4,
+    train_per_class: int = 40,
+    test_per_class: int = 20,
+    modalities: Sequence[str] = ("image", "audio"),
+    seed: int = 0,
+) -> BenchmarkBundle:
+    """Audio-visual-style class-incremental stream of the procedural world.
+
+    Imbalance is set through ``world`` (e.g. ``noise: {image: 0.8}`` makes the
+    image modality weak, ``modality_attributes`` hides attributes from one).
+
+    :param world: keyword arguments of :class:`~avalanche_mm.benchmarks.world.ProceduralWorld`.
+    :param num_classes: number of object classes.
+    :param num_experiences: number of experiences.
+    :param train_per_class: training samples per class.
+    :param test_per_class: test samples per class.
+    :param modalities: the modalities of the samples.
+    :param seed: seed of classes and order.
+    """
+    wp = dict(world or {})
+    w = _world(wp)
+    scenario = w.class_incremental_benchmark(
+        num_classes=num_classes,
+        num_experiences=num_experiences,
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
+        modalities=tuple(modalities),
+        seed=seed,
+    )
+    return BenchmarkBundle(
+        name="demo-av",
+        scenario=scenario,
+        class_names=list(scenario.class_names or []),
+        reference=None,
+        modalities=tuple(modalities),
+        description=f"class-incremental {'+'.join(modalities)} stream of the procedural world "
+        f"({num_classes} objects in {num_experiences} experiences); world settings {wp}",
+    )
+
+
+def toy(
+    *, n_experiences: int = 2, n_classes: int = 4, n_per_class: int = 24, seed: int = 0,
+    missing_audio_rate: float = 0.0,
+) -> BenchmarkBundle:
+    """The tiny toy stream (image + text + audio) of :mod:`avalanche_mm.benchmarks.toy`."""
+    from avalanche_mm.benchmarks.toy import toy_benchmark
+
+    bm = toy_benchmark(
+        n_experiences=n_experiences, n_classes=n_classes, n_per_class=n_per_class, seed=seed,
+        missing_audio_rate=missing_audio_rate,
+    )
+    return BenchmarkBundle(
+        name="toy",
+        scenario=bm,
+        class_names=list(bm.class_names),
+        modalities=("image", "text", "audio"),
+        description="toy colour/tone stream",
+    )
+
+
+#: benchmarks built in the experiments layer (they carry reference sets)
+BUILTIN: Dict[str, Callable[..., BenchmarkBundle]] = {
+    "demo-mtil": demo_mtil,
+    "demo-av": demo_av,
+    "toy": toy,
+}
+
+
+def _package_registry():
+    """``(list_benchmarks, get_benchmark)`` of the benchmarks package, or None."""
+    try:
+        from avalanche_mm import benchmarks as pkg
+    except ImportError:  # pragma: no cover - the package is part of this distribution
+        return None
+    lister = getattr(pkg, "list_benchmarks", None)
+    getter = getattr(pkg, "get_benchmark", None)
+    if callable(lister) and callable(getter):
+        return lister, getter
+    return None
+
+
+def list_benchmarks() -> Dict[str, str]:
+    """Benchmark name -> one-line description (built-in studies and the package registry)."""
+    out = {}
+    reg = _package_registry()
+    if reg is not None:
+        listed = reg[0]()
+        if isinstance(listed, Mapping):
+            out.update({k: str(v) for k, v in listed.items()})
+        else:
+            out.update({str(k): "" for k in listed})
+    for name, fn in BUILTIN.items():
+        out[name] = (fn.__doc__ or "").strip().splitlines()[0]
+    return out
+
+
+def _factory(name: str) -> Optional[Callable]:
+    if name in BUILTIN:
+        return BUILTIN[name]
+    reg = _package_registry()
+    if reg is not None and name in list(reg[0]()):
+        return lambda **kw: reg[1](name, **kw)
+    return None
+
+
+def _signature_errors(fn: Callable, params: Mapping[str, Any], key: str) -> List[str]:
+    target = fn
+    reg = _package_registry()
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+        return []
+    known = [n for n, p in sig.parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    errors = []
+    for k in params:
+        if k not in known:
+            errors.append(
+                f"{key}.params.{k}: unknown parameter, expected one of "
+                + ", ".join(known)
+                + _suggest(k, known)
+            )
+    del reg
+    return errors
+
+
+def check_benchmark(cfg: Mapping[str, Any], key: str) -> List[str]:
+    """Problems with a ``benchmark`` section, found without building it."""
+    name = cfg.get("name")
+    errors: List[str] = []
+    fn = _factory(name)
+    if fn is None:
+        known = sorted(list_benchmarks())
+        return [f"{key}.name: got {name!r}, expected one of " + ", ".join(known) + _suggest(name, known)]
+    params = cfg.get("params") or {}
+    if name in BUILTIN:
+        errors.extend(_signature_errors(fn, params, key))
+    root = cfg.get("data_root")
+    if root is not None and not os.path.isdir(os.path.expanduser(root)):
+        errors.append(f"{key}.data_root: got {root!r}, expected an existing folder with the datasets")
+    needs_root = getattr(fn, "needs_data_root", False)
+    if name not in BUILTIN:
+        reg = _package_registry()
+        info = getattr(reg[1], "requires_data_root", None) if reg else None
+        if callable(info):
+            needs_root = bool(info(name))
+    if needs_root and root is None:
+        errors.append(f"{key}.data_root: missing, benchmark {name!r} reads real data: give the folder holding it")
+    return errors
+
+
+def build_benchmark(cfg: Mapping[str, Any], *, seed: int) -> BenchmarkBundle:
+    """Build the benchmark of a study (see module docstring)."""
+    name = cfg["name"]
+    fn = _factory(name)
+    if fn is None:
+        raise KeyError(f"benchmark.name: unknown benchmark {name!r}; known: {sorted(list_benchmarks())}")
+    params = dict(cfg.get("params") or {})
+    if cfg.get("data_root") is not None:
+        params.setdefault("root", os.path.expanduser(cfg["data_root"]))
+    if name in BUILTIN:
+        if "seed" in inspect.signature(fn).parameters:
+            params.setdefault("seed", seed)
+        return fn(**params)
+    scenario = fn(**params)
+    if isinstance(scenario, BenchmarkBundle):
+        return scenario
+    ref = getattr(scenario, "reference", None)
+    reference = None
+    if ref is not None and hasattr(ref, "images") and hasattr(ref, "texts"):
+        reference = ReferenceSet(images=ref.images, texts=list(ref.texts), fingerprint={"benchmark": name, **params})
+    return BenchmarkBundle(
+        name=name,
+        scenario=scenario,
+        class_names=getattr(scenario, "class_names", None),
+        reference=reference,
+        modalities=tuple(getattr(scenario, "modalities", ()) or ()),
+        description=str(getattr(scenario, "info", {}).get("description", "")) if hasattr(scenario, "info") else "",
+    )
+
+
+# ---------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------
+def _task_layout(bundle: BenchmarkBundle):
+    """``(task_classes, templates)`` by task label, from the test stream."""
+    task_classes: Dict[int, List[int]] = {}
+    templates: Dict[int, List[str]] = {}
+    for exp in bundle.scenario.test_stream:
+        labels = list(getattr(exp, "task_labels", [0]))
+        t = int(labels[0])
+        task_classes.setdefault(t, [])
+        task_classes[t] = sorted(set(task_classes[t]) | {int(c) for c in exp.classes_in_this_experience})
+        tmpl = getattr(exp, "templates", None)
+        if tmpl:
+            templates[t] = list(tmpl)
+    return task_classes, templates
+
+
+def _apply_freeze(model: nn.Module, backbone: nn.Module, freeze: Sequence[str]) -> None:
+    for item in freeze:
+        if item in ("vision", "text") and hasattr(backbone, "tower_parameters"):
+            for p in backbone.tower_parameters(item):
+                p.requires_grad_(False)
+        elif item == "logit_scale" and hasattr(backbone, "logit_scale"):
+            backbone.logit_scale.requires_grad_(False)
+        else:
+            hit = False
+            for name, p in model.named_parameters():
+                if name.startswith(item):
+                    p.requires_grad_(False)
+                    hit = True
+            if not hit:
+                raise KeyError(
+                    f"model.freeze: {item!r} matches no parameter; give 'vision', 'text', "
+                    "'logit_scale' or a parameter name prefix."
+                )
+
+
+def build_clip_backbone(model_cfg: Mapping[str, Any], *, seed: int, device=None):
+    """The backbone of a CLIP-kind study (before any pretraining)."""
+    from avalanche_mm.models import build_backbone
+
+    return build_backbone(
+        model_cfg["backbone"],
+        pretrained=model_cfg.get("pretrained"),
+        cache_dir=model_cfg.get("cache_dir"),
+        seed=seed,
+        **dict(model_cfg.get("params") or {}),
+    )
+
+
+def clip_classifier(backbone, bundle: BenchmarkBundle, model_cfg: Mapping[str, Any]) -> nn.Module:
+    """A zero-shot head over the benchmark's classes for ``backbone``.
+
+    Streams whose experiences have distinct task labels (MTIL, task-incremental)
+    get a :class:`~avalanche_mm.models.MultiTaskZeroShotClassifier` in global
+    mode (each sample's logits restricted to its task's classes); other streams
+    a :class:`~avalanche_mm.models.ZeroShotClassifier` over every class.
+    """
+    from avalanche_mm.models.zero_shot import (
+        DEFAULT_TEMPLATES,
+        MultiTaskZeroShotClassifier,
+        ZeroShotClassifier,
+    )
+
+    if not bundle.class_names:
+        raise ValueError(
+            f"benchmark {bundle.name!r} has no class names; a CLIP zero-shot head needs them "
+            "(model.kind 'clip')."
+        )
+    task_classes, templates = _task_layout(bundle)
+    given = model_cfg.get("templates")
+    if len(task_classes) > 1:
+        tmpl = {t: list(given) for t in task_classes} if given else {
+            t: templates.get(t, list(DEFAULT_TEMPLATES)) for t in task_classes
+        }
+        head = MultiTaskZeroShotClassifier(
+            backbone=backbone, class_names=list(bundle.class_names), templates=tmpl, task_classes=task_classes
+        )
+    else:
+        tmpl = list(given) if given else next(iter(templates.values()), list(DEFAULT_TEMPLATES))
+        head = ZeroShotClassifier(backbone=backbone, class_names=list(bundle.class_names), templates=tmpl)
+    _apply_freeze(head, backbone, model_cfg.get("freeze") or [])
+    return head
+
+
+def build_fusion_model(model_cfg: Mapping[str, Any], bundle: BenchmarkBundle, *, seed: int) -> nn.Module:
+    """A fusion network for a ``fusion``-kind study.
+
+    ``model.name`` is looked up in the models package's fusion registry
+    (``avalanche_mm.models.build_fusion_model``) when it exists; ``toy-fusion``
+    is the toy stream's :class:`~avalanche_mm.benchmarks.toy.ToyFusionNet`.
+    """
+    name = model_cfg["name"]
+    params = dict(model_cfg.get("params") or {})
+    n_classes = len(bundle.class_names or []) or None
+    torch.manual_seed(seed)
+    if name == "toy-fusion":
+        from avalanche_mm.benchmarks.toy import ToyFusionNet
+
+        return ToyFusionNet(n_classes=params.pop("n_classes", n_classes), vocab_size=params.pop("vocab_size", 32), **params)
+    from avalanche_mm import models as mpkg
+
+    builder = getattr(mpkg, "build_fusion_model", None)
+    if builder is None:
+        raise KeyError(
+            f"model.name: {name!r} is not available: this installation has no fusion-model "
+            "registry (avalanche_mm.models.build_fusion_model); use 'toy-fusion'."
+        )
+    specs = None
+    try:
+        from avalanche_mm.data import get_modality_specs
+
+        specs = get_modality_specs(bundle.scenario.train_stream[0].dataset)
+    except (TypeError, AttributeError, KeyError):
+        specs = None
+    sig = inspect.signature(builder)
+    kwargs = dict(params)
+    if "num_classes" in sig.parameters and n_classes is not None:
+        kwargs.setdefault("num_classes", n_classes)
+    if "n_classes" in sig.parameters and n_classes is not None:
+        kwargs.setdefault("n_classes", n_classes)
+    if "modality_specs" in sig.parameters and specs is not None:
+        kwargs.setdefault("modality_specs", specs)
+    if "specs" in sig.parameters and specs is not None:
+        kwargs.setdefault("specs", specs)
+    if "modalities" in sig.parameters:
+        kwargs.setdefault("modalities", tuple(bundle.modalities))
+    model = builder(name, **kwargs)
+    freeze = model_cfg.get("freeze") or []
+    freeze = [f for f in freeze if f != "logit_scale"]
+    _apply_freeze(model, model, freeze)
+    return model
+
+
+def list_models() -> Dict[str, str]:
+    """Model names a config can use (backbones and fusion networks)."""
+    out = {}
+    try:
+        from avalanche_mm.models import list_backbones
+
+        out.update({f"clip: {k}": v for k, v in list_backbones().items()})
+    except ImportError:  # pragma: no cover
+        pass
+    out["clip: <open_clip name> / hf:<id> / folder"] = "any open_clip or HF CLIP model (pretrained weights on disk)"
+    from avalanche_mm import models as mpkg
+
+    lister = getattr(mpkg, "list_fusion_models", None)
+    if callable(lister):
+        out.update({f"fusion: {k}": v for k, v in dict(lister()).items()})
+    out["fusion: toy-fusion"] = "late-fusion net of the toy stream (image, text, audio)"
+    return out
+
+
+__all__ = [
+    "ReferenceSet",
+    "BenchmarkBundle",
+    "BUILTIN",
+    "demo_mtil",
+    "demo_av",
+    "toy",
+    "list_benchmarks",
+    "check_benchmark",
+    "build_benchmark",
+    "build_clip_backbone",
+    "clip_classifier",
+    "build_fusion_model",
+    "list_models",
+]

@@ -1,0 +1,490 @@
+"""Summary tables, plots and the Markdown/HTML report of a results folder.
+
+Everything here reads only the results folder (``config.yaml``,
+``environment.json`` and each strategy's ``state.json``), so
+``avalanche-mm report DIR`` rebuilds the same report at any time, also from
+an interrupted run (partial strategies are reported as such).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import yaml
+
+from .io import atomic_write_csv, atomic_write_json, atomic_write_text, read_json, read_jsonl
+from .state import read_state
+
+NAN = float("nan")
+
+#: alignment columns: (scalar name in state.json, column title, lower-is-better)
+ALIGNMENT_COLUMNS = [
+    ("DriftFromInit_modx_kl", "KL drift from init", True),
+    ("DriftFromInit_argmax_consistency", "argmax agreement w/ init", False),
+    ("DriftFromInit_rotation_image", "image rotation (deg)", True),
+    ("DriftFromInit_rotation_text", "text rotation (deg)", True),
+    ("DriftFromInit_inter_modal_deviation", "inter-modal deviation (deg)", True),
+    ("Align_ModalityGap", "modality gap", True),
+    ("Retrieval_MeanRecall", "probe mean recall", False),
+]
+
+
+def _mean(values) -> float:
+    arr = np.asarray([v for v in values if v is not None], dtype=float)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if arr.size else NAN
+
+
+def _num(v) -> float:
+    return NAN if v is None else float(v)
+
+
+def _matrix(state: Mapping[str, Any]) -> np.ndarray:
+    rows = state.get("rows") or []
+    if not rows:
+        return np.zeros((0, state.get("n_experiences", 0)))
+    return np.array([[_num(v) for v in r] for r in rows], dtype=float)
+
+
+def strategy_summary(state: Mapping[str, Any]) -> Dict[str, Any]:
+    """Every summary number of one strategy (accuracies as fractions)."""
+    from avalanche_mm.metrics.functional.stream import (
+        backward_transfer,
+        forgetting,
+        forward_transfer,
+        mtil_summary,
+    )
+
+    A = _matrix(state)
+    T = state["n_experiences"]
+    t = A.shape[0]
+    out: Dict[str, Any] = {
+        "study": state["study"],
+        "strategy": state["strategy"],
+        "method": state["method"],
+        "experiences_done": t,
+        "n_experiences": T,
+        "complete": bool(state.get("complete")),
+        "transfer": NAN, "avg": NAN, "last": NAN, "forgetting": NAN, "bwt": NAN, "fwt": NAN,
+        "avg_seen": NAN,
+        "train_seconds": float(sum(state.get("train_seconds") or [])),
+        "eval_seconds": float(sum(state.get("eval_seconds") or [])),
+    }
+    if t == 0:
+        return out
+    out["avg_seen"] = _mean(A[t - 1, :t])
+    if t == T and T >= 2 and np.all(np.isfinite(A)):
+        out.update({k: v for k, v in mtil_summary(A).items()})
+    if t >= 2 and np.all(np.isfinite(A[:t, :t][np.tril_indices(t)])):
+        out["forgetting"] = forgetting(A, step=t - 1)
+        out["bwt"] = backward_transfer(A, step=t - 1)
+    base = state.get("baseline")
+    if base is not None and t >= 2:
+        b = np.array([_num(v) for v in base])
+        try:
+            out["fwt"] = forward_transfer(A, b, step=t - 1)
+        except ValueError:
+            out["fwt"] = NAN
+    # per-modality accuracy: final row, averaged over the experiences seen
+    uni = (state.get("unimodal") or [{}])[-1] if state.get("unimodal") else {}
+    out["modalities"] = {m: _mean(vals[:t]) for m, vals in sorted(uni.items())}
+    scalars = (state.get("scalars") or [{}])[-1]
+    out["imbalance_index"] = _num(scalars.get("ModalityImbalanceIndex_Stream"))
+    out["contributions"] = {
+        k[len("ModalityContribution_"):-len("_Stream")]: _num(v)
+        for k, v in sorted(scalars.items())
+        if k.startswith("ModalityContribution_") and k.endswith("_Stream")
+    }
+    out["unimodal_forgetting"] = {
+        k[len("UnimodalForgetting_"):-len("_Stream")]: _num(v)
+        for k, v in sorted(scalars.items())
+        if k.startswith("UnimodalForgetting_") and k.endswith("_Stream")
+    }
+    out["alignment"] = {key: _num(scalars.get(key)) for key, _, _ in ALIGNMENT_COLUMNS if key in scalars}
+    return out
+
+
+def transfer_curve(state: Mapping[str, Any]) -> List[float]:
+    """Mean accuracy on the experiences not trained yet, before training and after each one."""
+    T = state["n_experiences"]
+    out = []
+    base = state.get("baseline")
+    out.append(_mean(base) if base is not None else NAN)
+    for t, row in enumerate(state.get("rows") or []):
+        out.append(_mean(row[t + 1 :]) if t + 1 < T else NAN)
+    return out
+
+
+def seen_curve(state: Mapping[str, Any]) -> List[float]:
+    """Mean accuracy on the experiences trained so far, after each one."""
+    return [_mean(row[: t + 1]) for t, row in enumerate(state.get("rows") or [])]
+
+
+def modality_curves(state: Mapping[str, Any]) -> Dict[str, List[float]]:
+    """Per modality: mean accuracy over the experiences seen so far, after each experience."""
+    curves: Dict[str, List[float]] = {}
+    for t, uni in enumerate(state.get("unimodal") or []):
+        for m, vals in uni.items():
+            curves.setdefault(m, [NAN] * t).append(_mean(vals[: t + 1]))
+    return curves
+
+
+def scalar_curve(state: Mapping[str, Any], key: str, *, initial: Optional[float] = None) -> List[float]:
+    """A scalar over experiences (``initial`` prepended when given)."""
+    vals = [_num(s.get(key)) for s in (state.get("scalars") or [])]
+    return ([initial] if initial is not None else []) + vals
+
+
+# ---------------------------------------------------------------------------
+# tables
+# ---------------------------------------------------------------------------
+def _pct(v: float) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{100 * v:.1f}"
+
+
+def _fmt(v: float, digits: int = 3) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> List[List[str]]:
+    return [list(headers)] + [list(r) for r in rows]
+
+
+def main_table(summaries: Sequence[Mapping[str, Any]]) -> List[List[str]]:
+    """Transfer / Avg / Last (MTIL), forgetting, BWT, FWT, time (accuracies in %)."""
+    rows = []
+    for s in summaries:
+        name = s["strategy"] + ("" if s["complete"] else f" (partial {s['experiences_done']}/{s['n_experiences']})")
+        rows.append([
+            name, s["method"], _pct(s["transfer"]), _pct(s["avg"]), _pct(s["last"]),
+            _pct(s["forgetting"]), _pct(s["bwt"]), _pct(s["fwt"]), f"{s['train_seconds']:.0f}",
+        ])
+    return _table(["strategy", "method", "Transfer", "Avg", "Last", "Forgetting", "BWT", "FWT", "train s"], rows)
+
+
+def modality_table(summaries: Sequence[Mapping[str, Any]]) -> Optional[List[List[str]]]:
+    """Per-modality accuracy (seen experiences, final), contributions and imbalance index."""
+    mods = sorted({m for s in summaries for m in s.get("modalities", {}) if m != "fused"})
+    if not mods:
+        return None
+    rows = []
+    for s in summaries:
+        acc = s.get("modalities", {})
+        contrib = s.get("contributions", {})
+        row = [s["strategy"], _pct(acc.get("fused", s["avg_seen"]))]
+        row += [_pct(acc.get(m, NAN)) for m in mods]
+        row += [_pct(contrib.get(m, NAN)) for m in mods]
+        row += [_pct(s.get("unimodal_forgetting", {}).get(m, NAN)) for m in mods]
+        row += [_fmt(s.get("imbalance_index", NAN))]
+        rows.append(row)
+    headers = ["strategy", "fused acc"] + [f"{m} alone" for m in mods] + [f"{m} contribution" for m in mods]
+    headers += [f"{m} forgetting" for m in mods] + ["imbalance index"]
+    return _table(headers, rows)
+
+
+def alignment_table(summaries: Sequence[Mapping[str, Any]]) -> Optional[List[List[str]]]:
+    """Alignment drift of the probe set after the last experience."""
+    keys = [(k, title) for k, title, _ in ALIGNMENT_COLUMNS if any(k in s.get("alignment", {}) for s in summaries)]
+    if not keys:
+        return None
+    rows = []
+    for s in summaries:
+        al = s.get("alignment", {})
+        rows.append([s["strategy"]] + [_fmt(al.get(k, NAN)) for k, _ in keys])
+    return _table(["strategy"] + [t for _, t in keys], rows)
+
+
+def matrix_table(state: Mapping[str, Any], names: Sequence[str]) -> List[List[str]]:
+    """The accuracy matrix (%), with the initial (zero-shot) row first."""
+    rows = []
+    if state.get("baseline") is not None:
+        rows.append(["initial"] + [_pct(_num(v)) for v in state["baseline"]])
+    for k, row in zip(state.get("finished") or [], state.get("rows") or []):
+        rows.append([f"after {names[k]}"] + [_pct(_num(v)) for v in row])
+    return _table(["row \\ test"] + list(names), rows)
+
+
+def text_table(table: Sequence[Sequence[str]]) -> str:
+    """A fixed-width text table."""
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(table[0]))]
+    lines = []
+    for j, r in enumerate(table):
+        lines.append("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def md_table(table: Sequence[Sequence[str]]) -> str:
+    """A Markdown table."""
+    head = "| " + " | ".join(table[0]) + " |"
+    sep = "|" + "|".join(["---"] + ["---:"] * (len(table[0]) - 1)) + "|"
+    body = ["| " + " | ".join(str(c) for c in r) + " |" for r in table[1:]]
+    return "\n".join([head, sep] + body)
+
+
+def html_table(table: Sequence[Sequence[str]]) -> str:
+    """An HTML table."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in table[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# ---------------------------------------------------------------------------
+# plots
+# ---------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str) -> str:
+    import io as _io
+
+    from .io import atomic_write_bytes
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def plot_study(folder: str, study: str, states: Sequence[Mapping[str, Any]], names: Sequence[str]) -> Dict[str, str]:
+    """Draw the study's plots into ``folder``; returns title -> file name."""
+    plt = _plt()
+    out: Dict[str, str] = {}
+    done = [s for s in states if s.get("rows")]
+    if not done:
+        return out
+    # accuracy matrices
+    n = len(done)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    for ax, st in zip(axes.flat, done):
+        A = _matrix(st) * 100
+        full = np.full((st["n_experiences"], st["n_experiences"]), np.nan)
+        full[: A.shape[0]] = A
+        im = ax.imshow(full, vmin=0, vmax=100, cmap="viridis")
+        for (i, j), v in np.ndenumerate(full):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v < 60 else "black")
+        ax.set_title(st["strategy"], fontsize=9)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels([f"after {k}" for k in names], fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes, shrink=0.7, label="accuracy (%)")
+    fig.suptitle(f"{study}: accuracy matrix a(t, i)")
+    out["Accuracy matrices"] = os.path.basename(_save(fig, os.path.join(folder, f"{study}_accuracy_matrix.png")))
+    plt.close(fig)
+
+    # zero-shot transfer and seen accuracy over experiences
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for st in done:
+        curve = np.array(transfer_curve(st)) * 100
+        ax1.plot(range(-1, len(curve) - 1), curve, marker="o", label=st["strategy"])
+        seen = np.array(seen_curve(st)) * 100
+        ax2.plot(range(len(seen)), seen, marker="o", label=st["strategy"])
+    ax1.set_title("zero-shot transfer: accuracy on experiences not trained yet")
+    ax1.set_xlabel("after experience (-1 = before training)")
+    ax1.set_ylabel("accuracy (%)")
+    ax2.set_title("average accuracy on experiences seen so far")
+    ax2.set_xlabel("after experience")
+    ax2.legend(fontsize=7)
+    out["Transfer and seen accuracy over experiences"] = os.path.basename(
+        _save(fig, os.path.join(folder, f"{study}_transfer.png"))
+    )
+    plt.close(fig)
+
+    # per-modality accuracy over experiences
+    if any(st.get("unimodal") and any(st["unimodal"]) for st in done):
+        mods = sorted({m for st in done for u in st.get("unimodal") or [] for m in u})
+        fig, axes = plt.subplots(1, len(mods), figsize=(3.6 * len(mods), 3.3), squeeze=False)
+        for ax, m in zip(axes.flat, mods):
+            for st in done:
+                c = modality_curves(st).get(m)
+                if c:
+                    ax.plot(range(len(c)), np.array(c) * 100, marker="o", label=st["strategy"])
+            ax.set_title(f"{m}" + (" (all modalities)" if m == "fused" else " alone"))
+            ax.set_xlabel("after experience")
+            ax.set_ylabel("accuracy on seen (%)")
+        axes.flat[0].legend(fontsize=7)
+        fig.suptitle(f"{study}: per-modality accuracy over experiences")
+        out["Per-modality accuracy over experiences"] = os.path.basename(
+            _save(fig, os.path.join(folder, f"{study}_modalities.png"))
+        )
+        plt.close(fig)
+
+    # alignment drift over experiences
+    keys = [k for k in ("DriftFromInit_modx_kl", "DriftFromInit_rotation_image", "DriftFromInit_rotation_text", "Align_ModalityGap")
+            if any(k in s for st in done for s in st.get("scalars") or [])]
+    if keys:
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.3), squeeze=False)
+        for ax, key in zip(axes.flat, keys):
+            for st in done:
+                init = 0.0 if key.startswith("DriftFromInit_") else _num((st.get("baseline_scalars") or {}).get(key))
+                c = scalar_curve(st, key, initial=init)
+                ax.plot(range(-1, len(c) - 1), c, marker="o", label=st["strategy"])
+            ax.set_title(key.replace("DriftFromInit_", "drift from init: "), fontsize=9)
+            ax.set_xlabel("after experience")
+        axes.flat[0].legend(fontsize=7)
+        fig.suptitle(f"{study}: cross-modal alignment drift (probe set)")
+        out["Alignment drift over experiences"] = os.path.basename(_save(fig, os.path.join(folder, f"{study}_alignment.png")))
+        plt.close(fig)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the report
+# ---------------------------------------------------------------------------
+def load_results(out: str) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, List[Dict[str, Any]]]]:
+    """``(config, environment, {study: [states in config order]})`` of a results folder."""
+    cfg_path = os.path.join(out, "config.yaml")
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"{out} is not a results folder: it has no config.yaml (run `avalanche-mm run` first).")
+    with open(cfg_path, encoding="utf-8") as fh:
+        cfg = yaml.safe_load(fh)
+    env_path = os.path.join(out, "environment.json")
+    env = read_json(env_path) if os.path.exists(env_path) else {}
+    states: Dict[str, List[Dict[str, Any]]] = {}
+    for sname, study in cfg["studies"].items():
+        for stname in study["strategies"]:
+            st = read_state(os.path.join(out, sname, stname))
+            if st is not None:
+                states.setdefault(sname, []).append(st)
+    return cfg, env, states
+
+
+def _combine_metrics(out: str, cfg: Mapping[str, Any]) -> int:
+    lines = []
+    for sname, study in cfg["studies"].items():
+        for stname in study["strategies"]:
+            for rec in read_jsonl(os.path.join(out, sname, stname, "metrics.jsonl")):
+                lines.append(json.dumps({"study": sname, "strategy": stname, **rec}))
+    atomic_write_text(os.path.join(out, "metrics.jsonl"), "\n".join(lines) + ("\n" if lines else ""))
+    return len(lines)
+
+
+def build_report(out: str, *, log: Callable = print, plots: Optional[bool] = None) -> Dict[str, Any]:
+    """Write ``summary.*``, ``report.md``, ``report.html``, ``plots/`` and the combined
+    ``metrics.jsonl`` of a results folder, and print the summary tables.
+
+    :return: ``{"rows": [summaries], "tables": printed text, "report": path}``.
+    """
+    cfg, env, states = load_results(out)
+    do_plots = cfg.get("report", {}).get("plots", True) if plots is None else plots
+    plot_dir = os.path.join(out, "plots")
+    all_rows: List[Dict[str, Any]] = []
+    text_parts: List[str] = []
+    md: List[str] = [f"# {cfg['name']}", ""]
+    if cfg.get("description"):
+        md += [cfg["description"], ""]
+    htm: List[str] = []
+    summary_md: List[str] = [f"# {cfg['name']}: summary"]
+    for sname, study in cfg["studies"].items():
+        sts = states.get(sname, [])
+        info = env.get("studies", {}).get(sname, {})
+        names = info.get("experiences") or [f"exp{i}" for i in range(sts[0]["n_experiences"])] if sts else []
+        summaries = [strategy_summary(st) for st in sts]
+        all_rows.extend(summaries)
+        title = study.get("title") or sname
+        md += [f"## {title}", ""]
+        md += [f"- benchmark: `{study['benchmark']['name']}`" + (f" - {info['description']}" if info.get("description") else "")]
+        md += [f"- model: `{study['model']['kind']}` / `{study['model'].get('backbone') if study['model']['kind'] == 'clip' else study['model'].get('name')}`"
+               + (f", {info['parameters']['trainable']:,} trainable of {info['parameters']['total']:,} parameters" if info.get("parameters") else "")]
+        pre = info.get("pretraining")
+        if pre:
+            md += [f"- backbone pretrained on the reference split ({pre.get('reference_pairs', '?')} pairs, "
+                   f"{pre.get('iterations', '?')} steps, final loss {pre.get('final_loss', float('nan')):.3f}; "
+                   f"{'loaded from the cache' if pre.get('cached') else 'trained in this run'})"]
+        md += [f"- experiences: {', '.join(names)}", ""]
+        if not summaries:
+            md += ["_no strategy has run yet_", ""]
+            continue
+        tables = [("Summary (accuracies in %)", main_table(summaries))]
+        mt = modality_table(summaries)
+        if mt:
+            tables.append(("Per-modality accuracy (%, final, seen experiences), contributions and imbalance", mt))
+        at = alignment_table(summaries)
+        if at:
+            tables.append(("Cross-modal alignment after the last experience (probe set of reference pairs)", at))
+        text_parts.append(f"== {title} ==")
+        htm.append(f"<h2>{html.escape(title)}</h2>")
+        htm.append("<ul>" + "".join(f"<li>{html.escape(line[2:])}</li>" for line in md[md.index(f"## {title}") + 2 :] if line.startswith("- ")) + "</ul>")
+        summary_md.append(f"## {title}")
+        for caption, table in tables:
+            text_parts += [caption, text_table(table), ""]
+            md += [f"### {caption}", "", md_table(table), ""]
+            summary_md += [f"### {caption}", md_table(table)]
+            htm += [f"<h3>{html.escape(caption)}</h3>", html_table(table)]
+        if do_plots:
+            files = plot_study(plot_dir, sname, sts, names)
+            for caption, fname in files.items():
+                md += [f"### {caption}", "", f"![{caption}](plots/{fname})", ""]
+                htm += [f"<h3>{html.escape(caption)}</h3>", f'<img src="plots/{html.escape(fname)}" alt="{html.escape(caption)}">']
+        md += ["### Accuracy matrices (%)", ""]
+        htm.append("<h3>Accuracy matrices (%)</h3>")
+        for st in sts:
+            mt_ = matrix_table(st, names)
+            md += [f"**{st['strategy']}** ({st['method']})", "", md_table(mt_), ""]
+            htm += [f"<h4>{html.escape(st['strategy'])} ({html.escape(st['method'])})</h4>", html_table(mt_)]
+    # environment
+    versions = env.get("versions", {})
+    md += ["## Environment", "", f"- device: {env.get('device')}, threads: {env.get('torch_threads')}, seed: {env.get('seed')}",
+           "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v), ""]
+    run = read_json(os.path.join(out, "run.json")) if os.path.exists(os.path.join(out, "run.json")) else {}
+    if run.get("seconds") is not None:
+        md += [f"- wall time of the last `run` call: {run['seconds']:.0f}s", ""]
+    atomic_write_text(os.path.join(out, "report.md"), "\n".join(md))
+    if cfg.get("report", {}).get("html", True):
+        style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;}table{border-collapse:collapse;margin:1em 0;}"
+                 "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;}td:first-child,th:first-child{text-align:left;}"
+                 "img{max-width:100%;}")
+        body = [f"<h1>{html.escape(cfg['name'])}</h1>", f"<p>{html.escape(cfg.get('description') or '')}</p>"] + htm
+        body += ["<h2>Environment</h2>", f"<p>device {html.escape(str(env.get('device')))}; "
+                 + html.escape(", ".join(f"{k} {v}" for k, v in versions.items() if v)) + "</p>"]
+        atomic_write_text(os.path.join(out, "report.html"),
+                          f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(cfg['name'])}</title>"
+                          f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+    # summary files
+    flat_keys = ["study", "strategy", "method", "complete", "experiences_done", "n_experiences", "transfer", "avg", "last",
+                 "avg_seen", "forgetting", "bwt", "fwt", "imbalance_index", "train_seconds", "eval_seconds"]
+    atomic_write_json(os.path.join(out, "summary.json"), {"rows": all_rows})
+    atomic_write_csv(os.path.join(out, "summary.csv"), [[r.get(k) for k in flat_keys] for r in all_rows], header=flat_keys)
+    text = "\n".join(text_parts)
+    atomic_write_text(os.path.join(out, "summary.md"), "\n\n".join(summary_md) + "\n")
+    _combine_metrics(out, cfg)
+    if text:
+        log(text)
+    log(f"report: {os.path.join(out, 'report.md')} (and report.html, plots/, summary.csv)")
+    return {"rows": all_rows, "tables": text, "report": os.path.join(out, "report.md")}
+
+
+__all__ = [
+    "strategy_summary",
+    "transfer_curve",
+    "seen_curve",
+    "modality_curves",
+    "main_table",
+    "modality_table",
+    "alignment_table",
+    "matrix_table",
+    "text_table",
+    "md_table",
+    "html_table",
+    "plot_study",
+    "load_results",
+    "build_report",
+]

@@ -1,0 +1,289 @@
+"""Seeding, checkpoints and the per-strategy state file (resume bookkeeping).
+
+A strategy's folder holds ``state.json`` (written atomically after every
+finished experience: the accuracy rows so far, the committed length of the
+append-only logs, the checkpoint file) and ``checkpoints/exp_NNN.pt``
+(model, optimizer, plugin and metric states, the strategy clock and the RNG
+states, written with ``torch.save`` - Avalanche 0.6's ``save_checkpoint``
+fails in this stack). Every experience starts by reseeding all generators
+from ``(seed, study, strategy, experience)``, so a run resumed from
+experience ``k`` replays exactly the random stream of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import zlib
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .io import atomic_torch_save, atomic_write_json, read_json
+
+STATE_FILE = "state.json"
+STATE_VERSION = 1
+
+
+def derive_seed(seed: int, *parts: Any) -> int:
+    """A 31-bit seed from ``seed`` and any parts (stable across processes)."""
+    return zlib.crc32(repr((int(seed),) + tuple(parts)).encode("utf-8")) & 0x7FFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) generators."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def rng_state() -> Dict[str, Any]:
+    """The states of every global generator."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore :func:`rng_state`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------
+# plugin and metric states
+# ---------------------------------------------------------------------------
+_SKIP_ATTRS = {"strategy", "_strategy"}
+
+
+def _object_state(obj: Any) -> Dict[str, Any]:
+    """State of a plugin or metric: ``state_dict()`` when defined, else its attributes."""
+    fn = getattr(obj, "state_dict", None)
+    if callable(fn) and not isinstance(obj, torch.nn.Module):
+        return {"__kind__": "state_dict", "state": fn()}
+    attrs = {k: v for k, v in vars(obj).items() if k not in _SKIP_ATTRS}
+    return {"__kind__": "attrs", "state": attrs}
+
+
+def _load_object_state(obj: Any, saved: Dict[str, Any], *, model=None) -> None:
+    if saved["__kind__"] == "state_dict":
+        loader = obj.load_state_dict
+        try:
+            import inspect
+
+            if "model" in inspect.signature(loader).parameters:
+                loader(saved["state"], model=model)
+                return
+        except (TypeError, ValueError):
+            pass
+        loader(saved["state"])
+    else:
+        vars(obj).update(saved["state"])
+
+
+def _plugins(strategy) -> List[Any]:
+    from avalanche.training.plugins.evaluation import EvaluationPlugin
+
+    return [p for p in strategy.plugins if not isinstance(p, EvaluationPlugin) and not getattr(p, "stateless", False)]
+
+
+def _metrics(strategy) -> List[Any]:
+    evaluator = getattr(strategy, "evaluator", None)
+    return list(getattr(evaluator, "metrics", []) or [])
+
+
+def strategy_state(strategy) -> Dict[str, Any]:
+    """Everything needed to continue ``strategy`` after a finished experience."""
+    return {
+        "model": strategy.model.state_dict(),
+        "optimizer": strategy.optimizer.state_dict(),
+        "plugins": [(type(p).__name__, _object_state(p)) for p in _plugins(strategy)],
+        "metrics": [(type(m).__name__, _object_state(m)) for m in _metrics(strategy)],
+        "clock": dict(vars(strategy.clock)),
+        "rng": rng_state(),
+    }
+
+
+def load_strategy_state(strategy, state: Dict[str, Any]) -> None:
+    """Restore :func:`strategy_state` into a freshly built, identical strategy."""
+    strategy.model.load_state_dict(state["model"])
+    if getattr(strategy, "optimized_param_id", None) is None and hasattr(strategy, "make_optimizer"):
+        # Avalanche puts every model parameter in the optimizer the first time it
+        # prepares an experience; do the same before loading the saved state
+        strategy.make_optimizer()
+    strategy.optimizer.load_state_dict(state["optimizer"])
+    for what, objs, saved in (
+        ("plugins", _plugins(strategy), state["plugins"]),
+        ("metrics", _metrics(strategy), state["metrics"]),
+    ):
+        names = [type(o).__name__ for o in objs]
+        saved_names = [n for n, _ in saved]
+        if names != saved_names:
+            raise ValueError(
+                f"checkpoint {what} {saved_names} do not match the strategy's {names}; the "
+                "strategy was configured differently when the checkpoint was written."
+            )
+        for obj, (_, s) in zip(objs, saved):
+            _load_object_state(obj, s, model=strategy.model)
+    vars(strategy.clock).update(state["clock"])
+    set_rng_state(state["rng"])
+
+
+# ---------------------------------------------------------------------------
+# pickling datasets held by plugins (replay buffers)
+# ---------------------------------------------------------------------------
+def materialize_dataset(dataset):
+    """A self-contained copy of a multimodal Avalanche dataset (same samples, same order).
+
+    Datasets built by benchmark generators may hold closures (target remaps,
+    sample maps) that cannot be pickled; replay buffers hold such subsets. The
+    copy stores the raw samples (the current transform group removed) as
+    tensors, with the original collate, targets and task labels, so it
+    pickles and replays exactly the same samples.
+    """
+    from avalanche_mm.data import make_multimodal_dataset
+    from avalanche_mm.data.collate import MultimodalCollate
+
+    raw = dataset.remove_current_transform_group() if hasattr(dataset, "remove_current_transform_group") else dataset
+    xs, ys, ts = [], [], []
+    for i in range(len(raw)):
+        sample = raw[i]
+        xs.append(sample[0])
+        ys.append(int(sample[1]))
+        ts.append(int(sample[2]) if len(sample) > 2 else 0)
+    if not xs:
+        return dataset
+    if not isinstance(xs[0], dict):
+        raise TypeError(
+            f"cannot checkpoint a plugin dataset whose samples are {type(xs[0]).__name__}, not "
+            "multimodal dicts; give the plugin a picklable dataset."
+        )
+    columns = {m: [x[m] for x in xs] for m in xs[0]}
+    collate = getattr(dataset, "collate_fn", None)
+    specs = collate.specs if isinstance(collate, MultimodalCollate) else None
+    return make_multimodal_dataset(columns, ys, task_labels=ts, specs=specs)
+
+
+def _pickle_module():
+    """A ``pickle`` look-alike whose Pickler materialises unpicklable datasets."""
+    import pickle
+    import types
+
+    from avalanche.benchmarks.utils import AvalancheDataset
+
+    class Pickler(pickle.Pickler):
+        def reducer_override(self, obj):
+            if isinstance(obj, AvalancheDataset):
+                try:
+                    pickle.dumps(obj)
+                except (AttributeError, TypeError, pickle.PicklingError):
+                    return _identity, (materialize_dataset(obj),)
+            return NotImplemented
+
+    module = types.ModuleType("avalanche_mm_checkpoint_pickle")
+    module.__dict__.update({k: getattr(pickle, k) for k in dir(pickle) if not k.startswith("__")})
+    module.Pickler = Pickler
+    return module
+
+
+def _identity(x):
+    return x
+
+
+def save_checkpoint(path: str, strategy, extra: Optional[Dict[str, Any]] = None) -> str:
+    """Write a checkpoint of ``strategy`` atomically."""
+    payload = strategy_state(strategy)
+    payload["extra"] = dict(extra or {})
+    module = _pickle_module()
+    return _atomic_save(path, payload, module)
+
+
+def _atomic_save(path: str, payload: Any, module) -> str:
+    from .io import _atomic
+
+    return _atomic(path, lambda fh: torch.save(payload, fh, pickle_module=module), binary=True)
+
+
+def load_checkpoint(path: str, strategy) -> Dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` into ``strategy``."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"checkpoint {path} is missing although the state file lists it; the results "
+            "folder is incomplete - delete that strategy's folder to rerun it."
+        )
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    load_strategy_state(strategy, payload)
+    return payload.get("extra", {})
+
+
+# ---------------------------------------------------------------------------
+# the state file
+# ---------------------------------------------------------------------------
+def new_state(*, study: str, strategy: str, method: str, fingerprint: str, n_experiences: int) -> Dict[str, Any]:
+    """An empty state for a strategy that has not started."""
+    return {
+        "version": STATE_VERSION,
+        "study": study,
+        "strategy": strategy,
+        "method": method,
+        "fingerprint": fingerprint,
+        "n_experiences": n_experiences,
+        "finished": [],
+        "complete": False,
+        "baseline": None,
+        "rows": [],
+        "unimodal": [],
+        "alignment": [],
+        "scalars": [],
+        "baseline_scalars": {},
+        "train_seconds": [],
+        "eval_seconds": [],
+        "committed": {},
+        "checkpoint": None,
+    }
+
+
+def read_state(folder: str) -> Optional[Dict[str, Any]]:
+    """The state of a strategy folder, or None when it has none."""
+    path = os.path.join(folder, STATE_FILE)
+    if not os.path.exists(path):
+        return None
+    state = read_json(path)
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(
+            f"{path} has state version {state.get('version')}, this avalanche-mm writes "
+            f"{STATE_VERSION}; rerun into a new --output folder."
+        )
+    return state
+
+
+def write_state(folder: str, state: Dict[str, Any]) -> None:
+    """Write the state file atomically."""
+    atomic_write_json(os.path.join(folder, STATE_FILE), state)
+
+
+__all__ = [
+    "derive_seed",
+    "seed_everything",
+    "rng_state",
+    "set_rng_state",
+    "strategy_state",
+    "load_strategy_state",
+    "save_checkpoint",
+    "load_checkpoint",
+    "new_state",
+    "read_state",
+    "write_state",
+    "STATE_FILE",
+]

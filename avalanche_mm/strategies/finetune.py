@@ -1,0 +1,313 @@
+"""Continual fine-tuning of a vision-language model (the survey's baseline).
+
+Fine-tuning a pretrained CLIP on a sequence of tasks is plain Avalanche
+``Naive`` training with the recipe of the MTIL papers (ZSCL, MoE-Adapters):
+a fixed number of optimizer steps per task, linear warm-up then a cosine
+schedule, label smoothing, a fresh optimizer per task. The recipe lives in
+:class:`IterationSchedulePlugin` (usable with any template); :class:`FineTune`
+wires it with those defaults.
+
+This module also holds small helpers shared by the CLIP methods
+(:func:`find_backbone`, :func:`distillation_loss`, :func:`trainable_state`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from avalanche.core import SupervisedPlugin
+from torch import Tensor, nn
+
+from .twins import MultimodalSupervisedTemplate
+
+
+# ---------------------------------------------------------------------------
+# helpers shared by the CLIP methods
+# ---------------------------------------------------------------------------
+def find_backbone(model: nn.Module) -> nn.Module:
+    """The vision-language backbone inside ``model``.
+
+    ``model`` itself when it has ``encode_image`` and ``encode_text``, else
+    its ``backbone`` attribute, else the first such submodule.
+
+    :raises TypeError: when ``model`` holds no vision-language backbone.
+    """
+    def _is_vl(m):
+        return callable(getattr(m, "encode_image", None)) and callable(getattr(m, "encode_text", None))
+
+    if _is_vl(model):
+        return model
+    bb = getattr(model, "backbone", None)
+    if bb is not None and _is_vl(bb):
+        return bb
+    for m in model.modules():
+        if _is_vl(m):
+            return m
+    raise TypeError(
+        f"{type(model).__name__} holds no vision-language backbone (a module with encode_image "
+        "and encode_text, e.g. avalanche_mm.models.VisionLanguageBackbone); the CLIP methods "
+        "need one."
+    )
+
+
+def logit_scale_of(backbone: nn.Module) -> Tensor:
+    """``exp(logit_scale)`` of a backbone (``logit_scale_value()`` when it has it)."""
+    fn = getattr(backbone, "logit_scale_value", None)
+    if callable(fn):
+        return fn()
+    scale = getattr(backbone, "logit_scale", None)
+    if isinstance(scale, Tensor):
+        return scale.exp().clamp(max=100.0)
+    raise TypeError(f"{type(backbone).__name__} has no logit scale (logit_scale_value()).")
+
+
+def distillation_loss(teacher_logits: Tensor, student_logits: Tensor, temperature: float) -> Tensor:
+    """``KD(t, s) = CE(softmax(t / T), log_softmax(s / T)) * T^2``, averaged over rows.
+
+    :param teacher_logits: ``[N, K]`` teacher logits (no gradient needed).
+    :param student_logits: ``[N, K]`` student logits.
+    :param temperature: the temperature ``T`` (> 0).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(
+            f"teacher and student logits differ in shape: {tuple(teacher_logits.shape)} vs "
+            f"{tuple(student_logits.shape)}."
+        )
+    p = F.softmax(teacher_logits.detach() / temperature, dim=1)
+    logq = F.log_softmax(student_logits / temperature, dim=1)
+    return -(p * logq).sum(dim=1).mean() * temperature**2
+
+
+def trainable_state(model: nn.Module) -> Dict[str, Tensor]:
+    """Detached copies of the parameters that require gradients, by name."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def float_state(model: nn.Module) -> Dict[str, Tensor]:
+    """Detached copies of every floating-point entry of ``model.state_dict()``."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def _check_positive_int(name: str, value, *, allow_none: bool = False, allow_zero: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+        raise ValueError(
+            f"{name} must be an integer >= {0 if allow_zero else 1}"
+            f"{' or None' if allow_none else ''}, got {value!r}."
+        )
+
+
+def _check_number(name: str, value, *, minimum: float = 0.0) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
+        raise ValueError(f"{name} must be a number >= {minimum}, got {value!r}.")
+
+
+# ---------------------------------------------------------------------------
+# the training recipe as a plugin
+# ---------------------------------------------------------------------------
+class IterationSchedulePlugin(SupervisedPlugin):
+    """Per-experience step budget, warm-up + cosine learning rate, fresh optimizer.
+
+    - ``iterations``: train exactly this many optimizer steps per experience,
+      cycling over the experience's data as often as needed (the strategy's
+      ``train_epochs`` is set accordingly); ``None`` keeps the epochs.
+    - the learning rate of every parameter group is set before each step:
+      linear warm-up over ``warmup`` steps, then cosine decay to 0
+      (``schedule="cosine"``) or constant (``"constant"``).
+    - ``reset_optimizer``: clear the optimizer state (Adam moments) at the start
+      of each experience, as separate per-task runs do.
+    - ``grad_clip``: clip the gradient norm before each step.
+
+    :param lr: base learning rate (default: the optimizer's, read once).
+    :param lr_per_experience: optional list of base learning rates, one per
+        experience (the last one is reused for later experiences).
+    :param iterations: optimizer steps per experience, or None.
+    :param warmup: warm-up steps.
+    :param schedule: ``"cosine"`` or ``"constant"``.
+    :param reset_optimizer: clear the optimizer state at each experience.
+    :param grad_clip: max gradient norm, or None.
+    """
+
+    def __init__(
+        self,
+        *,
+        lr: Optional[float] = None,
+        lr_per_experience: Optional[Sequence[float]] = None,
+        iterations: Optional[int] = None,
+        warmup: int = 0,
+        schedule: str = "cosine",
+        reset_optimizer: bool = True,
+        grad_clip: Optional[float] = None,
+    ):
+        super().__init__()
+        _check_positive_int("iterations", iterations, allow_none=True)
+        _check_positive_int("warmup", warmup, allow_zero=True)
+        if schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}.")
+        if lr is not None:
+            _check_number("lr", lr)
+        if lr_per_experience is not None:
+            lr_per_experience = list(lr_per_experience)
+            if not lr_per_experience:
+                raise ValueError("lr_per_experience must be a non-empty list or None, got [].")
+            for i, v in enumerate(lr_per_experience):
+                _check_number(f"lr_per_experience[{i}]", v)
+        if grad_clip is not None:
+            _check_number("grad_clip", grad_clip)
+        self.lr = lr
+        self.lr_per_experience = lr_per_experience
+        self.iterations = iterations
+        self.warmup = warmup
+        self.schedule = schedule
+        self.reset_optimizer = bool(reset_optimizer)
+        self.grad_clip = grad_clip
+        self.step = 0
+        self.total = 0
+        self.base_lr = lr
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate used for optimizer step ``step`` (0-based) of the experience."""
+        base = float(self.base_lr)
+        if self.warmup and step < self.warmup:
+            return base * (step + 1) / self.warmup
+        if self.schedule == "constant":
+            return base
+        span = max(1, self.total - self.warmup)
+        progress = min(1.0, (step - self.warmup) / span)
+        return 0.5 * (1.0 + math.cos(math.pi * progress)) * base
+
+    def before_training_exp(self, strategy, **kwargs):
+        exp_id = int(strategy.experience.current_experience)
+        if self.lr_per_experience is not None:
+            self.base_lr = self.lr_per_experience[min(exp_id, len(self.lr_per_experience) - 1)]
+        elif self.lr is not None:
+            self.base_lr = self.lr
+        else:
+            self.base_lr = strategy.optimizer.param_groups[0]["lr"]
+            self.lr = self.base_lr
+        n_batches = len(strategy.dataloader)
+        if n_batches == 0:
+            raise ValueError(
+                f"experience {exp_id} has no training minibatch (empty dataset or drop_last); "
+                "cannot train."
+            )
+        if self.iterations is not None:
+            self.total = self.iterations
+            strategy.train_epochs = math.ceil(self.iterations / n_batches)
+        else:
+            self.total = n_batches * strategy.train_epochs
+        self.step = 0
+        if self.reset_optimizer:
+            strategy.optimizer.state.clear()
+
+    def before_training_iteration(self, strategy, **kwargs):
+        lr = self.lr_at(self.step)
+        for group in strategy.optimizer.param_groups:
+            group["lr"] = lr
+
+    def before_update(self, strategy, **kwargs):
+        if self.grad_clip is not None:
+            params = [p for g in strategy.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+
+    def after_training_iteration(self, strategy, **kwargs):
+        self.step += 1
+        if self.iterations is not None and self.step >= self.iterations:
+            strategy.stop_training()
+
+    def after_training_exp(self, strategy, **kwargs):
+        # the flag may be left set when the budget ended exactly with an epoch
+        strategy._stop_training = False
+
+
+def make_clip_optimizer(
+    model: nn.Module,
+    *,
+    name: str = "adamw",
+    lr: float = 1e-5,
+    weight_decay: float = 0.0,
+    betas: Sequence[float] = (0.9, 0.999),
+    momentum: float = 0.9,
+) -> torch.optim.Optimizer:
+    """The optimizer of the recipes over the parameters that require gradients.
+
+    :param model: the model (frozen parameters are left out).
+    :param name: ``"adamw"``, ``"adam"`` or ``"sgd"``.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        params = list(model.parameters())[:1]
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    raise ValueError(f"optimizer name must be 'adamw', 'adam' or 'sgd', got {name!r}.")
+
+
+class FineTune(MultimodalSupervisedTemplate):
+    """Continual fine-tuning with the MTIL recipe (Avalanche ``Naive`` + schedule).
+
+    :param model: the model (e.g. a CLIP classifier over class prompts).
+    :param optimizer: the optimizer.
+    :param criterion: the loss (default: cross-entropy with ``label_smoothing``).
+    :param iterations: optimizer steps per experience (None: ``train_epochs``).
+    :param warmup: warm-up steps.
+    :param schedule: ``"cosine"`` or ``"constant"``.
+    :param label_smoothing: label smoothing of the default criterion.
+    :param lr_per_experience: optional base learning rate per experience.
+    :param reset_optimizer: fresh optimizer state at each experience.
+    :param grad_clip: max gradient norm, or None.
+    :param plugins: more plugins.
+    :param base_kwargs: the other arguments of ``SupervisedTemplate``
+        (``train_mb_size``, ``eval_mb_size``, ``device``, ``evaluator``, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion: Optional[nn.Module] = None,
+        iterations: Optional[int] = None,
+        warmup: int = 0,
+        schedule: str = "cosine",
+        label_smoothing: float = 0.0,
+        lr_per_experience: Optional[Sequence[float]] = None,
+        reset_optimizer: bool = True,
+        grad_clip: Optional[float] = None,
+        plugins: Optional[List[SupervisedPlugin]] = None,
+        **base_kwargs,
+    ):
+        _check_number("label_smoothing", label_smoothing)
+        if criterion is None:
+            criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.schedule_plugin = IterationSchedulePlugin(
+            iterations=iterations,
+            warmup=warmup,
+            schedule=schedule,
+            lr_per_experience=lr_per_experience,
+            reset_optimizer=reset_optimizer,
+            grad_clip=grad_clip,
+        )
+        plugins = [self.schedule_plugin] + list(plugins or [])
+        super().__init__(model=model, optimizer=optimizer, criterion=criterion, plugins=plugins, **base_kwargs)
+
+
+__all__ = [
+    "find_backbone",
+    "logit_scale_of",
+    "distillation_loss",
+    "trainable_state",
+    "float_state",
+    "IterationSchedulePlugin",
+    "make_clip_optimizer",
+    "FineTune",
+]
