@@ -223,3 +223,21 @@ def test_uestc_errors(tmp_path):
         load_uestc_mmea(root=tmp_path)
     with pytest.raises(ValueError, match="subset"):
         load_uestc_mmea(root=tmp_path, modalities=("depth",))
+
+
+def test_avcil_hdf5_visual_features_are_read(tmp_path):
+    import h5py  # installed by the "test" extra (and the "av" extra)
+    audio, visual = write_avcil(tmp_path, n_classes=28, per_class=1)
+    vis = tmp_path / "AVE" / "visual_pretrained_feature"
+    os.remove(vis / "visual_pretrained_feature_dict.npy")
+    with h5py.File(vis / "visual_features.h5", "w") as f:
+        for vid, feat in visual.items():
+            f.create_dataset(vid, data=feat)
+    train, _, test, _ = load_avcil_features("AVE", root=tmp_path)
+    vid = sorted(k for k in visual if k.startswith("test"))[0]
+    x, _, _ = test[0]
+    assert torch.allclose(x["video"], torch.from_numpy(visual[vid]))
+    import pickle
+
+    x2, _, _ = pickle.loads(pickle.dumps(test))[0]  # the lazy HDF5 loader survives pickling
+    assert torch.allclose(x2["video"], x["video"])
