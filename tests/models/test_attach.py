@@ -223,3 +223,29 @@ def test_remove_attachment_also_removes_hooks(backbone, images):
     assert removed is adapters and adapters.backbone is None
     out = _outputs(backbone, images, ids)
     assert torch.allclose(out[0], out0[0], atol=1e-5) and torch.allclose(out[1], out0[1], atol=1e-5)
+
+
+def test_deepcopy_gives_an_independent_model_with_its_own_attachments(backbone, images):
+    """LwF/ZSCL keep deep copies as teachers: hooks must follow the copy."""
+    import copy
+
+    ids = backbone.tokenize(TEXTS)
+    adapters = attach_adapters(backbone, bottleneck=4, scale=1.0)
+    prompts = attach_prompts(backbone, name="p", vision_tokens=2, text_context=3)
+    clf = ZeroShotClassifier(backbone=backbone, class_names=["a", "b"]).eval()
+    with torch.no_grad():
+        clf(images)
+    twin = copy.deepcopy(clf)
+    out = _outputs(backbone, images, ids)
+    with torch.no_grad():
+        for p in twin.backbone.attachments["adapters"].parameters():
+            p.normal_()
+    assert torch.allclose(_outputs(backbone, images, ids)[0], out[0])  # original untouched
+    assert not torch.allclose(_outputs(twin.backbone, images, ids)[0], out[0], atol=1e-4)
+    twin.backbone.remove_attachment("adapters")
+    twin.backbone.remove_attachment("p_vision")
+    assert "adapters" in backbone.attachments
+    assert torch.allclose(_outputs(backbone, images, ids)[0], out[0])
+    assert adapters.backbone is backbone and prompts["vision"].backbone is backbone
+    with torch.no_grad():  # the copy's own classifier cache works on its own weights
+        assert twin(images).shape == (4, 2)

@@ -229,26 +229,24 @@ class AdapterSet(BackboneAttachment):
             mod.active_router = index
 
     def _install(self, backbone: VisionLanguageBackbone):
-        handles = []
+        records = []
         for tower, i in self._targets:
-            adapter = self.adapters[f"{tower}_{i}"]
             batch_first = backbone.tokens_batch_first(tower)
             mlp = backbone.block_mlp(tower, i)
-            handles.append(mlp.register_forward_hook(self._make_hook(adapter, batch_first)))
-        return handles
+            records.append(self._hook(mlp, "_mlp_hook", f"{tower}_{i}", batch_first))
+        return records
 
-    def _make_hook(self, adapter: nn.Module, batch_first: bool):
-        def hook(module, inputs, output):
-            if not self.active:
-                return output
-            x = inputs[0]
-            if isinstance(adapter, MixtureOfAdapters):
-                delta = adapter(x, batch_first=batch_first)
-            else:
-                delta = adapter(x)
-            return output + delta.to(output.dtype)
-
-        return hook
+    def _mlp_hook(self, key: str, batch_first: bool, module, inputs, output):
+        """Forward hook of an MLP: ``output + adapter(input)``."""
+        if not self.active:
+            return output
+        adapter = self.adapters[key]
+        x = inputs[0]
+        if isinstance(adapter, MixtureOfAdapters):
+            delta = adapter(x, batch_first=batch_first)
+        else:
+            delta = adapter(x)
+        return output + delta.to(output.dtype)
 
 
 def attach_adapters(

@@ -84,11 +84,63 @@ class BackboneAttachment(nn.Module):
 
     def _release(self) -> None:
         """Remove the hooks and forget the backbone (called on removal)."""
-        for h in self._handles:
-            h.remove()
+        for record in self._handles:
+            record.remove()
         self._handles = []
         self._backbone_ref.clear()
         self._name = None
+
+    def _hook(
+        self, module: nn.Module, method: str, *extra, pre: bool = False, with_kwargs: bool = False
+    ) -> "HookRecord":
+        """Register ``self.<method>(*extra, *hook_args)`` as a forward (pre-)hook of ``module``.
+
+        The hook is a plain object pointing at this attachment and the
+        record points at ``module`` (no closures, no weak references), so a
+        ``copy.deepcopy`` of the model (LwF/ZSCL teachers) gets hooks bound
+        to the copied attachment, and a copy's detach() leaves the original
+        alone.
+        """
+        fn = _HookCall(self, method, extra)
+        if pre:
+            handle = module.register_forward_pre_hook(fn, with_kwargs=with_kwargs)
+        else:
+            handle = module.register_forward_hook(fn, with_kwargs=with_kwargs)
+        return HookRecord(module, handle.id)
+
+
+class _HookCall:
+    """Picklable, deepcopy-friendly hook: calls ``owner.<method>(*extra, *args)``."""
+
+    def __init__(self, owner: nn.Module, method: str, extra: tuple):
+        self.owner = owner
+        self.method = method
+        self.extra = tuple(extra)
+
+    def __call__(self, *args):
+        return getattr(self.owner, self.method)(*self.extra, *args)
+
+
+class HookRecord:
+    """A registered hook: the module and the hook id (removable, deepcopy-safe)."""
+
+    _DICTS = (
+        "_forward_hooks",
+        "_forward_hooks_with_kwargs",
+        "_forward_hooks_always_called",
+        "_forward_pre_hooks",
+        "_forward_pre_hooks_with_kwargs",
+    )
+
+    def __init__(self, module: nn.Module, hook_id: int):
+        self.module = module
+        self.hook_id = hook_id
+
+    def remove(self) -> None:
+        for name in self._DICTS:
+            hooks = getattr(self.module, name, None)
+            if hooks is not None:
+                hooks.pop(self.hook_id, None)
 
     def _install(self, backbone: VisionLanguageBackbone):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -154,6 +206,7 @@ def resolve_layers(backbone: VisionLanguageBackbone, tower: str, layers) -> List
 
 __all__ = [
     "BackboneAttachment",
+    "HookRecord",
     "resolve_layers",
     "replace_hidden",
     "hidden_of",

@@ -73,14 +73,14 @@ class VisualPrompts(BackboneAttachment):
     def _install(self, backbone: VisionLanguageBackbone):
         blocks = backbone.blocks("vision")
         bf = backbone.tokens_batch_first("vision")
-        handles = [blocks[0].register_forward_pre_hook(self._insert_hook(bf), with_kwargs=True)]
+        records = [self._hook(blocks[0], "_insert_hook", bf, pre=True, with_kwargs=True)]
         if self.deep:
             for i in range(1, len(blocks)):
-                handles.append(
-                    blocks[i].register_forward_pre_hook(self._replace_hook(i, bf), with_kwargs=True)
+                records.append(
+                    self._hook(blocks[i], "_replace_hook", i, bf, pre=True, with_kwargs=True)
                 )
-        handles.append(blocks[-1].register_forward_hook(self._strip_hook(bf)))
-        return handles
+        records.append(self._hook(blocks[-1], "_strip_hook", bf))
+        return records
 
     def _expand(self, layer: int, batch: int, like: Tensor, batch_first: bool) -> Tensor:
         p = self.prompts[layer].to(like.dtype)
@@ -88,49 +88,43 @@ class VisualPrompts(BackboneAttachment):
             return p.unsqueeze(0).expand(batch, -1, -1)
         return p.unsqueeze(1).expand(-1, batch, -1)
 
-    def _insert_hook(self, bf: bool):
-        def hook(module, args, kwargs):
-            self._inserted = False
-            if not self.active:
-                return None
-            x = hidden_of(args, kwargs)
-            batch = x.shape[0] if bf else x.shape[1]
-            p = self._expand(0, batch, x, bf)
-            dim = 1 if bf else 0
-            head, tail = x.narrow(dim, 0, 1), x.narrow(dim, 1, x.shape[dim] - 1)
-            self._inserted = True
-            return replace_hidden(args, kwargs, torch.cat([head, p, tail], dim=dim))
+    def _insert_hook(self, bf: bool, module, args, kwargs):
+        """Pre-hook of the first block: insert the prompts after the CLS token."""
+        self._inserted = False
+        if not self.active:
+            return None
+        x = hidden_of(args, kwargs)
+        batch = x.shape[0] if bf else x.shape[1]
+        p = self._expand(0, batch, x, bf)
+        dim = 1 if bf else 0
+        head, tail = x.narrow(dim, 0, 1), x.narrow(dim, 1, x.shape[dim] - 1)
+        self._inserted = True
+        return replace_hidden(args, kwargs, torch.cat([head, p, tail], dim=dim))
 
-        return hook
+    def _replace_hook(self, layer: int, bf: bool, module, args, kwargs):
+        """Pre-hook of a deeper block: fresh prompts at the prompt positions."""
+        if not self._inserted:
+            return None
+        x = hidden_of(args, kwargs)
+        batch = x.shape[0] if bf else x.shape[1]
+        p = self._expand(layer, batch, x, bf)
+        dim = 1 if bf else 0
+        n = self.num_tokens
+        head = x.narrow(dim, 0, 1)
+        tail = x.narrow(dim, 1 + n, x.shape[dim] - 1 - n)
+        return replace_hidden(args, kwargs, torch.cat([head, p, tail], dim=dim))
 
-    def _replace_hook(self, layer: int, bf: bool):
-        def hook(module, args, kwargs):
-            if not self._inserted:
-                return None
-            x = hidden_of(args, kwargs)
-            batch = x.shape[0] if bf else x.shape[1]
-            p = self._expand(layer, batch, x, bf)
-            dim = 1 if bf else 0
-            n = self.num_tokens
-            head = x.narrow(dim, 0, 1)
-            tail = x.narrow(dim, 1 + n, x.shape[dim] - 1 - n)
-            return replace_hidden(args, kwargs, torch.cat([head, p, tail], dim=dim))
-
-        return hook
-
-    def _strip_hook(self, bf: bool):
-        def hook(module, args, output):
-            if not self._inserted:
-                return output
-            self._inserted = False
-            x = _block_output_tensor(output)
-            dim = 1 if bf else 0
-            n = self.num_tokens
-            head = x.narrow(dim, 0, 1)
-            tail = x.narrow(dim, 1 + n, x.shape[dim] - 1 - n)
-            return _replace_block_output(output, torch.cat([head, tail], dim=dim))
-
-        return hook
+    def _strip_hook(self, bf: bool, module, args, output):
+        """Forward hook of the last block: remove the prompt positions."""
+        if not self._inserted:
+            return output
+        self._inserted = False
+        x = _block_output_tensor(output)
+        dim = 1 if bf else 0
+        n = self.num_tokens
+        head = x.narrow(dim, 0, 1)
+        tail = x.narrow(dim, 1 + n, x.shape[dim] - 1 - n)
+        return _replace_block_output(output, torch.cat([head, tail], dim=dim))
 
 
 class TextContextPrompts(BackboneAttachment):
@@ -220,59 +214,54 @@ class TextContextPrompts(BackboneAttachment):
 
     # -- hooks -------------------------------------------------------------------
     def _install(self, backbone: VisionLanguageBackbone):
-        handles = [backbone.text_token_embedding.register_forward_hook(self._embed_hook())]
+        records = [self._hook(backbone.text_token_embedding, "_embed_hook")]
         if self.deep:
             bf = backbone.tokens_batch_first("text")
             for i, block in enumerate(backbone.blocks("text")):
-                if i == 0:
-                    continue
-                handles.append(block.register_forward_pre_hook(self._deep_hook(i, bf), with_kwargs=True))
-        return handles
+                if i > 0:
+                    records.append(
+                        self._hook(block, "_deep_hook", i, bf, pre=True, with_kwargs=True)
+                    )
+        return records
 
-    def _embed_hook(self):
+    def _embed_hook(self, module, inputs, output):
+        """Forward hook of the token embedding: context at the placeholder positions."""
         n = self.n_ctx
+        self._rows = None
+        if not self.active:
+            return output
+        ids = inputs[0]
+        if ids.dim() != 2 or ids.shape[1] < n + 1:
+            return output
+        rows = (ids[:, 1 : 1 + n] == self.placeholder_id).all(dim=1).nonzero(as_tuple=True)[0]
+        if rows.numel() == 0:
+            return output
+        self._rows = rows
+        ctx = self._override if self._override is not None else self.ctx[0]
+        if ctx.dim() == 2:
+            ctx = ctx.unsqueeze(0).expand(rows.numel(), -1, -1)
+        elif ctx.shape[0] != rows.numel():
+            raise ValueError(
+                f"context_override gave {ctx.shape[0]} contexts for {rows.numel()} prompted texts."
+            )
+        out = output.clone()
+        out[rows, 1 : 1 + n] = ctx.to(out.dtype)
+        return out
 
-        def hook(module, inputs, output):
-            self._rows = None
-            if not self.active:
-                return output
-            ids = inputs[0]
-            if ids.dim() != 2 or ids.shape[1] < n + 1:
-                return output
-            rows = (ids[:, 1 : 1 + n] == self.placeholder_id).all(dim=1).nonzero(as_tuple=True)[0]
-            if rows.numel() == 0:
-                return output
-            self._rows = rows
-            ctx = self._override if self._override is not None else self.ctx[0]
-            if ctx.dim() == 2:
-                ctx = ctx.unsqueeze(0).expand(rows.numel(), -1, -1)
-            elif ctx.shape[0] != rows.numel():
-                raise ValueError(
-                    f"context_override gave {ctx.shape[0]} contexts for {rows.numel()} prompted texts."
-                )
-            out = output.clone()
-            out[rows, 1 : 1 + n] = ctx.to(out.dtype)
-            return out
-
-        return hook
-
-    def _deep_hook(self, layer: int, bf: bool):
+    def _deep_hook(self, layer: int, bf: bool, module, args, kwargs):
+        """Pre-hook of a deeper text block: this layer's context at the same positions."""
         n = self.n_ctx
-
-        def hook(module, args, kwargs):
-            rows = self._rows
-            if rows is None:
-                return None
-            x = hidden_of(args, kwargs)
-            new = x.clone()
-            ctx = self.ctx[layer].to(x.dtype)
-            if bf:
-                new[rows, 1 : 1 + n] = ctx.unsqueeze(0).expand(rows.numel(), -1, -1)
-            else:
-                new[1 : 1 + n, rows] = ctx.unsqueeze(1).expand(-1, rows.numel(), -1)
-            return replace_hidden(args, kwargs, new)
-
-        return hook
+        rows = self._rows
+        if rows is None:
+            return None
+        x = hidden_of(args, kwargs)
+        new = x.clone()
+        ctx = self.ctx[layer].to(x.dtype)
+        if bf:
+            new[rows, 1 : 1 + n] = ctx.unsqueeze(0).expand(rows.numel(), -1, -1)
+        else:
+            new[1 : 1 + n, rows] = ctx.unsqueeze(1).expand(-1, rows.numel(), -1)
+        return replace_hidden(args, kwargs, new)
 
 
 def _single_token_id(backbone: VisionLanguageBackbone, word: str) -> int:
