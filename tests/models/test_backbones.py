@@ -173,7 +173,7 @@ def test_offline_open_clip_tag_names_model_tag_cache_and_fix(tmp_path):
         )
     msg = str(info.value)
     assert "ViT-B-32" in msg and "openai" in msg and str(tmp_path) in msg
-    assert "huggingface-cli download" in msg and "ViT-B-32.pt" in msg
+    assert "hf download" in msg and "ViT-B-32.pt" in msg
     assert "pretrained='/path/to/checkpoint" in msg
 
 
@@ -191,7 +191,7 @@ def test_offline_hf_hub_id_names_model_cache_and_fix(tmp_path):
         )
     msg = str(info.value)
     assert "openai/clip-vit-base-patch32" in msg and str(tmp_path) in msg
-    assert "save_pretrained" in msg and "huggingface-cli download" in msg
+    assert "save_pretrained" in msg and "hf download" in msg
 
 
 def test_hf_folder_without_config_is_explained(tmp_path):

@@ -317,8 +317,8 @@ def _hf_missing_message(model_id, cache_dir, local_files_only, reason) -> str:
             f"Cache dir searched: {searched}",
             f"Underlying error: {reason}",
             "How to fix it, on a machine with internet access:",
-            f"  huggingface-cli download {model_id} --cache-dir <CACHE_DIR>  then copy "
-            "<CACHE_DIR> here and pass cache_dir=<CACHE_DIR>;",
+            f"  hf download {model_id} --cache-dir <CACHE_DIR> (huggingface-cli download with "
+            "older huggingface_hub), then copy <CACHE_DIR> here and pass cache_dir=<CACHE_DIR>;",
             "  or CLIPModel.from_pretrained(id).save_pretrained(FOLDER) and "
             "AutoTokenizer.from_pretrained(id).save_pretrained(FOLDER), copy FOLDER (config.json, "
             "model.safetensors, tokenizer files, preprocessor_config.json) here and pass its path.",

@@ -217,11 +217,12 @@ class OpenCLIPBackbone(VisionLanguageBackbone):
                     ".safetensors checkpoint on disk."
                 )
         elif is_schema and model_name.startswith("hf-hub:") and local_files_only:
+            repo = model_name[len("hf-hub:") :]
             raise PretrainedWeightsNotFoundError(
                 f"open_clip model '{model_name}' lives on the HF hub and local_files_only is "
-                "set. Download the repository on a machine with internet "
-                f"(huggingface-cli download {model_name[len('hf-hub:'):]}), copy the folder "
-                "here and load it with 'local-dir:/path/to/folder'."
+                f"set. Download the repository on a machine with internet (hf download {repo}; "
+                "huggingface-cli download with older huggingface_hub), copy the folder here "
+                "and load it with 'local-dir:/path/to/folder'."
             )
         try:
             model, _, _ = open_clip.create_model_and_transforms(
@@ -405,8 +406,8 @@ def _open_clip_missing_message(
     if hub:
         repo_id = os.path.split(hub)[0]
         lines.append(
-            f"  huggingface-cli download {repo_id} --cache-dir <CACHE_DIR>  then copy <CACHE_DIR> "
-            "here and pass cache_dir=<CACHE_DIR>;"
+            f"  hf download {repo_id} --cache-dir <CACHE_DIR> (huggingface-cli download with older "
+            "huggingface_hub), then copy <CACHE_DIR> here and pass cache_dir=<CACHE_DIR>;"
         )
     if url:
         lines.append(

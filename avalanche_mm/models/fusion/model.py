@@ -31,6 +31,18 @@ from torch import Tensor, nn
 FUSIONS = ("concat", "sum", "gating", "attention")
 
 
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The autocast dtype active for ``device_type``, or None (works on torch >= 2.1)."""
+    try:
+        if not torch.is_autocast_enabled(device_type):
+            return None
+        return torch.get_autocast_dtype(device_type)
+    except TypeError:  # torch < 2.4: no device-type argument
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+
+
 class FusionModel(nn.Module):
     """Per-modality encoders + a fusion layer + a linear classifier.
 
@@ -152,9 +164,7 @@ class FusionModel(nn.Module):
                 out = sub.new_zeros((batch, enc.out_dim)).index_copy(0, rows, sub)
             else:
                 p = next(enc.parameters(), None)
-                dtype = p.dtype if p is not None else torch.float32
-                if torch.is_autocast_enabled(data.device.type):
-                    dtype = torch.get_autocast_dtype(data.device.type)
+                dtype = _autocast_dtype(data.device.type) or (p.dtype if p is not None else torch.float32)
                 out = torch.zeros(batch, enc.out_dim, device=data.device, dtype=dtype)
             feats[m], present[m] = out, mask
         self.last_features, self.last_present = feats, present
