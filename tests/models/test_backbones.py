@@ -198,3 +198,14 @@ def test_hf_folder_without_config_is_explained(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"")
     with pytest.raises(PretrainedWeightsNotFoundError, match="no config.json"):
         build_backbone(str(tmp_path))
+
+
+def test_open_clip_local_dir_round_trip_through_open_clip_factory(tmp_path, images):
+    b = build_backbone("tiny-openclip", seed=4)
+    b.save_pretrained(str(tmp_path / "oc"))
+    assert (tmp_path / "oc" / "open_clip_config.json").is_file()
+    loaded = build_backbone(str(tmp_path / "oc"), local_files_only=True)
+    assert isinstance(loaded, OpenCLIPBackbone) and loaded.name.startswith("local-dir:")
+    assert torch.allclose(loaded.encode_image(images), b.encode_image(images), atol=1e-5)
+    assert torch.equal(loaded.tokenize(TEXTS), b.tokenize(TEXTS))
+    assert loaded.context_length == 32 and loaded.image_size == 32

@@ -8,6 +8,7 @@ open_clip is imported lazily, so ``import avalanche_mm.models`` stays light.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -97,6 +98,7 @@ class OpenCLIPBackbone(VisionLanguageBackbone):
         )
         self.model = model
         self.tokenizer = tokenizer
+        self.model_cfg: Optional[Dict[str, Any]] = None  # set by the constructors when known
 
     # ------------------------------------------------------------------
     # constructors
@@ -147,6 +149,7 @@ class OpenCLIPBackbone(VisionLanguageBackbone):
         backbone = cls(
             model=model, tokenizer=tokenizer, name=name, preprocess_cfg={"size": size}
         )
+        backbone.model_cfg = dict(model_cfg)
         if device is not None:
             backbone.to(device)
         return backbone
@@ -244,7 +247,46 @@ class OpenCLIPBackbone(VisionLanguageBackbone):
             ) from err
         tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
         label = f"{model_name}:{pretrained}" if pretrained else model_name
-        return cls(model=model, tokenizer=tokenizer, name=label)
+        backbone = cls(model=model, tokenizer=tokenizer, name=label)
+        if model_name.startswith("local-dir:"):
+            cfg_path = os.path.join(model_name[len("local-dir:") :], "open_clip_config.json")
+            with open(cfg_path, encoding="utf-8") as fh:
+                backbone.model_cfg = json.load(fh)["model_cfg"]
+        elif not is_schema:
+            backbone.model_cfg = open_clip.get_model_config(cleaned)
+        return backbone
+
+    def save_pretrained(self, folder: str) -> None:
+        """Write an open_clip ``local-dir`` folder: ``open_clip_config.json`` + weights.
+
+        Load it back with ``build_backbone(folder)`` (open_clip's own
+        ``local-dir:`` loader).
+        """
+        if self.model_cfg is None:
+            raise ValueError(
+                f"{self.name}: the model config is unknown (built from an instance), so no "
+                "open_clip_config.json can be written; save the state dict instead."
+            )
+        from safetensors.torch import save_file
+
+        os.makedirs(folder, exist_ok=True)
+        pp = self.preprocess_eval
+        with open(os.path.join(folder, "open_clip_config.json"), "w", encoding="utf-8") as fh:
+            json.dump(
+                {
+                    "model_cfg": self.model_cfg,
+                    "preprocess_cfg": {
+                        "mean": list(pp.mean),
+                        "std": list(pp.std),
+                        "interpolation": pp.interpolation,
+                        "resize_mode": "shortest",
+                    },
+                },
+                fh,
+                indent=2,
+            )
+        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, os.path.join(folder, "open_clip_model.safetensors"))
 
     # ------------------------------------------------------------------
     # VisionLanguageBackbone implementation
