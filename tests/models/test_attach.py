@@ -249,3 +249,31 @@ def test_deepcopy_gives_an_independent_model_with_its_own_attachments(backbone, 
     assert adapters.backbone is backbone and prompts["vision"].backbone is backbone
     with torch.no_grad():  # the copy's own classifier cache works on its own weights
         assert twin(images).shape == (4, 2)
+
+
+def test_visual_prompts_and_adapters_under_gradient_checkpointing(backbone, images):
+    prompts = attach_prompts(backbone, vision_tokens=2, vision_deep=True)["vision"]
+    adapters = attach_adapters(backbone, towers=("vision",), bottleneck=4, scale=1.0)
+    with torch.no_grad():
+        for p in adapters.parameters():
+            p.normal_(std=0.1)
+    backbone.train()
+
+    def grads():
+        backbone.zero_grad()
+        backbone.encode_image(images).pow(2).sum().backward()
+        return [prompts.prompts.grad.clone()] + [p.grad.clone() for p in adapters.parameters()]
+
+    plain = grads()
+    if backbone.backend == "open_clip":
+        backbone.model.set_grad_checkpointing(True)
+    else:
+        backbone.model.gradient_checkpointing_enable()
+    try:
+        ckpt = grads()
+    finally:
+        if backbone.backend == "open_clip":
+            backbone.model.set_grad_checkpointing(False)
+        else:
+            backbone.model.gradient_checkpointing_disable()
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(plain, ckpt))

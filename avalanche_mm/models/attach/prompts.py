@@ -68,7 +68,9 @@ class VisualPrompts(BackboneAttachment):
         self.num_tokens = num_tokens
         self.deep = bool(deep)
         self.prompts = nn.Parameter(torch.randn(depth, num_tokens, backbone.width("vision")) * init_std)
-        self._inserted = False
+        # sequence length after insertion: blocks whose input has it carry prompts
+        # (a length test rather than a flag keeps gradient-checkpoint recomputation right)
+        self._seq_len: Optional[int] = None
 
     def _install(self, backbone: VisionLanguageBackbone):
         blocks = backbone.blocks("vision")
@@ -90,7 +92,6 @@ class VisualPrompts(BackboneAttachment):
 
     def _insert_hook(self, bf: bool, module, args, kwargs):
         """Pre-hook of the first block: insert the prompts after the CLS token."""
-        self._inserted = False
         if not self.active:
             return None
         x = hidden_of(args, kwargs)
@@ -98,14 +99,17 @@ class VisualPrompts(BackboneAttachment):
         p = self._expand(0, batch, x, bf)
         dim = 1 if bf else 0
         head, tail = x.narrow(dim, 0, 1), x.narrow(dim, 1, x.shape[dim] - 1)
-        self._inserted = True
+        self._seq_len = x.shape[dim] + self.num_tokens
         return replace_hidden(args, kwargs, torch.cat([head, p, tail], dim=dim))
+
+    def _has_prompts(self, x: Tensor, bf: bool) -> bool:
+        return self._seq_len is not None and x.shape[1 if bf else 0] == self._seq_len
 
     def _replace_hook(self, layer: int, bf: bool, module, args, kwargs):
         """Pre-hook of a deeper block: fresh prompts at the prompt positions."""
-        if not self._inserted:
-            return None
         x = hidden_of(args, kwargs)
+        if not self._has_prompts(x, bf):
+            return None
         batch = x.shape[0] if bf else x.shape[1]
         p = self._expand(layer, batch, x, bf)
         dim = 1 if bf else 0
@@ -116,10 +120,9 @@ class VisualPrompts(BackboneAttachment):
 
     def _strip_hook(self, bf: bool, module, args, output):
         """Forward hook of the last block: remove the prompt positions."""
-        if not self._inserted:
-            return output
-        self._inserted = False
         x = _block_output_tensor(output)
+        if not self._has_prompts(x, bf):
+            return output
         dim = 1 if bf else 0
         n = self.num_tokens
         head = x.narrow(dim, 0, 1)
