@@ -1,7 +1,21 @@
 """Models for multimodal continual learning.
 
-- backbones: :class:`VisionLanguageBackbone` over open_clip and HF CLIP,
-  :func:`build_backbone`, tiny registered configs;
+- backbones: :class:`VisionLanguageBackbone` over open_clip
+  (:class:`OpenCLIPBackbone`) and HF transformers CLIP
+  (:class:`HFCLIPBackbone`), :func:`build_backbone`, the registered tiny
+  configs ``"tiny-openclip"`` and ``"tiny-hfclip"``;
+- zero-shot heads: :class:`ZeroShotClassifier`,
+  :class:`MultiTaskZeroShotClassifier` (task-incremental, MTIL),
+  :class:`RetrievalHead`, :class:`ContrastiveRetrievalLoss`;
+- fusion: :class:`FusionModel` and per-modality encoders (MLP, CNN, conv/GRU
+  sequences, text, the pretrained MiniLM);
+- attachments: :func:`attach_adapters` (bottleneck adapters, mixtures of
+  experts), :func:`attach_prompts` (visual prompts, CoOp text context),
+  :func:`trainable_parameter_report`;
+- frozen-feature cache: :class:`FrozenFeatureCache`,
+  :class:`FeatureCachePlugin`, :class:`LinearProbe`.
+
+See docs/models.md.
 """
 
 from .backbones import (

@@ -25,7 +25,6 @@ All heads return plain logits tensors, so Avalanche criteria and metrics work.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
