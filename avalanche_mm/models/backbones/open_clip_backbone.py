@@ -150,6 +150,7 @@ class OpenCLIPBackbone(VisionLanguageBackbone):
             model=model, tokenizer=tokenizer, name=name, preprocess_cfg={"size": size}
         )
         backbone.model_cfg = dict(model_cfg)
+        backbone.eval()
         if device is not None:
             backbone.to(device)
         return backbone
@@ -236,7 +237,11 @@ class OpenCLIPBackbone(VisionLanguageBackbone):
                 **kwargs,
             )
         except (OSError, RuntimeError) as err:
-            if pretrained is None and not is_schema:
+            # only download/lookup failures become "weights not found"; a corrupt or
+            # mismatching checkpoint keeps its own error
+            downloading = (pretrained is not None and to_load == pretrained and not
+                           os.path.isfile(str(pretrained))) or model_name.startswith("hf-hub:")
+            if not downloading:
                 raise
             tag_cfg = open_clip.get_pretrained_cfg(cleaned, pretrained) if pretrained else {}
             _, searched = _find_cached_tag(tag_cfg, cache_dir) if tag_cfg else (None, [])
@@ -247,7 +252,7 @@ class OpenCLIPBackbone(VisionLanguageBackbone):
             ) from err
         tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
         label = f"{model_name}:{pretrained}" if pretrained else model_name
-        backbone = cls(model=model, tokenizer=tokenizer, name=label)
+        backbone = cls(model=model, tokenizer=tokenizer, name=label).eval()
         if model_name.startswith("local-dir:"):
             cfg_path = os.path.join(model_name[len("local-dir:") :], "open_clip_config.json")
             with open(cfg_path, encoding="utf-8") as fh:
