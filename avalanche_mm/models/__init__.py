@@ -61,6 +61,7 @@ from .fusion import (
     SequenceEncoder,
     TextEncoder,
 )
+from .multitask import MultiHeadFusionClassifier, MultimodalMultiTaskModule
 from .zero_shot import (
     DEFAULT_TEMPLATES,
     ClassEmbeddingCache,
@@ -114,4 +115,6 @@ __all__ = [
     "LinearProbe",
     "module_fingerprint",
     "dataset_fingerprint",
+    "MultimodalMultiTaskModule",
+    "MultiHeadFusionClassifier",
 ]
