@@ -372,6 +372,12 @@ def validate_config(raw: Mapping[str, Any], *, source: Optional[str] = None) -> 
     """
     cfg = normalize(raw)
     errors: List[str] = []
+    single = not (isinstance(raw, Mapping) and "studies" in raw)
+    if single:
+        known = list(SCHEMA.fields) + list(STUDY_KEYS)
+        for k in [k for k in cfg if k not in SCHEMA.fields]:
+            errors.append(f"{k}: unknown key, expected one of " + ", ".join(sorted(known)) + _suggest(k, known))
+            cfg.pop(k)
     out = SCHEMA.validate(cfg, "", errors)
     for sname, study in (out.get("studies") or {}).items():
         if isinstance(study, dict):

@@ -86,7 +86,9 @@ class BuildContext:
         return IterationSchedulePlugin(**kw)
 
     def criterion(self) -> nn.Module:
-        return nn.CrossEntropyLoss(label_smoothing=self.training["label_smoothing"])
+        from avalanche_mm.strategies.finetune import MaskedCrossEntropyLoss
+
+        return MaskedCrossEntropyLoss(label_smoothing=self.training["label_smoothing"])
 
 
 @dataclass

@@ -266,28 +266,48 @@ def _signature_errors(fn: Callable, params: Mapping[str, Any], key: str) -> List
     return errors
 
 
+def _package_entry(name: str):
+    try:
+        from avalanche_mm.benchmarks import benchmark_info
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        return benchmark_info(name)
+    except KeyError:
+        return None
+
+
 def check_benchmark(cfg: Mapping[str, Any], key: str) -> List[str]:
-    """Problems with a ``benchmark`` section, found without building it."""
+    """Problems with a ``benchmark`` section, found without building it:
+    unknown name, unknown or missing parameters, missing or absent data root."""
     name = cfg.get("name")
-    errors: List[str] = []
     fn = _factory(name)
     if fn is None:
         known = sorted(list_benchmarks())
         return [f"{key}.name: got {name!r}, expected one of " + ", ".join(known) + _suggest(name, known)]
-    params = cfg.get("params") or {}
+    params = dict(cfg.get("params") or {})
+    root = cfg.get("data_root")
+    errors: List[str] = []
     if name in BUILTIN:
         errors.extend(_signature_errors(fn, params, key))
-    root = cfg.get("data_root")
+        needs_root = False
+    else:
+        entry = _package_entry(name)
+        valid = dict(entry.parameters) if entry is not None else {}
+        for k in params:
+            if valid and k not in valid:
+                errors.append(f"{key}.params.{k}: unknown parameter of {name!r}, expected one of " + ", ".join(valid) + _suggest(k, list(valid)))
+        if "root" in params:
+            errors.append(f"{key}.params.root: give the data folder as {key}.data_root instead")
+        required = list(entry.required) if entry is not None else []
+        needs_root = "root" in required
+        for k in required:
+            if k != "root" and k not in params:
+                errors.append(f"{key}.params.{k}: missing, benchmark {name!r} needs it")
     if root is not None and not os.path.isdir(os.path.expanduser(root)):
         errors.append(f"{key}.data_root: got {root!r}, expected an existing folder with the datasets")
-    needs_root = getattr(fn, "needs_data_root", False)
-    if name not in BUILTIN:
-        reg = _package_registry()
-        info = getattr(reg[1], "requires_data_root", None) if reg else None
-        if callable(info):
-            needs_root = bool(info(name))
     if needs_root and root is None:
-        errors.append(f"{key}.data_root: missing, benchmark {name!r} reads real data: give the folder holding it")
+        errors.append(f"{key}.data_root: missing, benchmark {name!r} reads real data: give the folder that holds it")
     return errors
 
 
@@ -359,10 +379,37 @@ def _apply_freeze(model: nn.Module, backbone: nn.Module, freeze: Sequence[str]) 
                 )
 
 
+#: open_clip config of ``demo-clip``: ``tiny-openclip`` with a 16-token text context
+#: (captions of the procedural world are shorter), about half the text cost.
+DEMO_CLIP_CONFIG: Dict[str, Any] = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def _register_demo_backbone() -> None:
+    from avalanche_mm.models import list_backbones, register_backbone
+
+    if "demo-clip" in list_backbones():
+        return
+
+    @register_backbone("demo-clip", description="open_clip CLIP, ViT 64x2 (patch 8, 32px) + text 64x2 (ctx 16), CLIP BPE; the demo's backbone")
+    def _demo_clip(*, pretrained=None, cache_dir=None, local_files_only=None, device=None, seed=None, **kwargs):
+        from avalanche_mm.models.backbones.open_clip_backbone import OpenCLIPBackbone
+
+        if kwargs:
+            raise TypeError(f"demo-clip takes no extra arguments, got {sorted(kwargs)}.")
+        return OpenCLIPBackbone.from_config(
+            DEMO_CLIP_CONFIG, name="demo-clip", pretrained=pretrained, seed=0 if seed is None else seed, device=device
+        )
+
+
 def build_clip_backbone(model_cfg: Mapping[str, Any], *, seed: int, device=None):
     """The backbone of a CLIP-kind study (before any pretraining)."""
     from avalanche_mm.models import build_backbone
 
+    _register_demo_backbone()
     return build_backbone(
         model_cfg["backbone"],
         pretrained=model_cfg.get("pretrained"),
@@ -407,51 +454,72 @@ def clip_classifier(backbone, bundle: BenchmarkBundle, model_cfg: Mapping[str, A
     return head
 
 
+def _auto_encoder(spec, *, hidden: int, conv_channels: Sequence[int], vocab_size: Optional[int]):
+    """An encoder of :mod:`avalanche_mm.models.fusion` suited to a modality's shape."""
+    from avalanche_mm.models import ConvEncoder, SequenceEncoder, TextEncoder
+
+    shape = tuple(spec.shape)
+    if not spec.dtype.is_floating_point:
+        if vocab_size is None:
+            raise ValueError(
+                f"model.params.vocab_size: modality '{spec.name}' holds token ids; give the "
+                "vocabulary size of its tokenizer."
+            )
+        return TextEncoder(vocab_size=int(vocab_size), out_dim=hidden, embed_dim=hidden)
+    if len(shape) == 3:
+        return ConvEncoder(in_channels=int(shape[0]), out_dim=hidden, channels=tuple(conv_channels))
+    if len(shape) == 2:
+        return SequenceEncoder(in_channels=int(shape[0]), out_dim=hidden, hidden=hidden)
+    if len(shape) == 1:
+        return SequenceEncoder(in_channels=1, out_dim=hidden, hidden=hidden)
+    raise ValueError(f"no automatic encoder for modality '{spec.name}' of shape {shape}; use model.name 'toy-fusion' or build the model yourself.")
+
+
 def build_fusion_model(model_cfg: Mapping[str, Any], bundle: BenchmarkBundle, *, seed: int) -> nn.Module:
     """A fusion network for a ``fusion``-kind study.
 
-    ``model.name`` is looked up in the models package's fusion registry
-    (``avalanche_mm.models.build_fusion_model``) when it exists; ``toy-fusion``
-    is the toy stream's :class:`~avalanche_mm.benchmarks.toy.ToyFusionNet`.
+    - ``fusion``: :class:`~avalanche_mm.models.FusionModel` with one encoder per
+      modality chosen from its shape (images ``[C, H, W]``: a small CNN;
+      spectrograms ``[F, T]`` and sensors ``[C, L]``: a 1-D conv stack; token
+      ids: a learned embedding); ``model.params``: ``fusion`` (``concat``,
+      ``sum``, ``gating``, ``attention``), ``hidden`` (32), ``conv_channels``
+      ([16, 32]), ``vocab_size`` (text), ``dropout``;
+    - ``toy-fusion``: :class:`~avalanche_mm.benchmarks.toy.ToyFusionNet` (the toy stream).
     """
     name = model_cfg["name"]
     params = dict(model_cfg.get("params") or {})
     n_classes = len(bundle.class_names or []) or None
+    if n_classes is None:
+        raise ValueError(f"benchmark {bundle.name!r} has no class names; a fusion classifier needs the number of classes.")
     torch.manual_seed(seed)
     if name == "toy-fusion":
         from avalanche_mm.benchmarks.toy import ToyFusionNet
 
-        return ToyFusionNet(n_classes=params.pop("n_classes", n_classes), vocab_size=params.pop("vocab_size", 32), **params)
-    from avalanche_mm import models as mpkg
-
-    builder = getattr(mpkg, "build_fusion_model", None)
-    if builder is None:
-        raise KeyError(
-            f"model.name: {name!r} is not available: this installation has no fusion-model "
-            "registry (avalanche_mm.models.build_fusion_model); use 'toy-fusion'."
-        )
-    specs = None
-    try:
+        model = ToyFusionNet(n_classes=n_classes, vocab_size=params.pop("vocab_size", 32), **params)
+    elif name == "fusion":
         from avalanche_mm.data import get_modality_specs
+        from avalanche_mm.models import FusionModel
 
         specs = get_modality_specs(bundle.scenario.train_stream[0].dataset)
-    except (TypeError, AttributeError, KeyError):
-        specs = None
-    sig = inspect.signature(builder)
-    kwargs = dict(params)
-    if "num_classes" in sig.parameters and n_classes is not None:
-        kwargs.setdefault("num_classes", n_classes)
-    if "n_classes" in sig.parameters and n_classes is not None:
-        kwargs.setdefault("n_classes", n_classes)
-    if "modality_specs" in sig.parameters and specs is not None:
-        kwargs.setdefault("modality_specs", specs)
-    if "specs" in sig.parameters and specs is not None:
-        kwargs.setdefault("specs", specs)
-    if "modalities" in sig.parameters:
-        kwargs.setdefault("modalities", tuple(bundle.modalities))
-    model = builder(name, **kwargs)
-    freeze = model_cfg.get("freeze") or []
-    freeze = [f for f in freeze if f != "logit_scale"]
+        known = {"fusion", "hidden", "conv_channels", "vocab_size", "dropout", "fusion_dim"}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"model.params: unknown keys {unknown} for model 'fusion'; expected some of {sorted(known)}.")
+        hidden = int(params.get("hidden", 32))
+        encoders = {
+            m: _auto_encoder(s, hidden=hidden, conv_channels=params.get("conv_channels", (16, 32)), vocab_size=params.get("vocab_size"))
+            for m, s in specs.items()
+        }
+        model = FusionModel(
+            encoders=encoders,
+            num_classes=n_classes,
+            fusion=params.get("fusion", "concat"),
+            fusion_dim=params.get("fusion_dim"),
+            dropout=float(params.get("dropout", 0.0)),
+        )
+    else:
+        raise KeyError(f"model.name: got {name!r}, expected 'fusion' or 'toy-fusion'.")
+    freeze = [f for f in (model_cfg.get("freeze") or []) if f != "logit_scale"]
     _apply_freeze(model, model, freeze)
     return model
 
@@ -459,6 +527,7 @@ def build_fusion_model(model_cfg: Mapping[str, Any], bundle: BenchmarkBundle, *,
 def list_models() -> Dict[str, str]:
     """Model names a config can use (backbones and fusion networks)."""
     out = {}
+    _register_demo_backbone()
     try:
         from avalanche_mm.models import list_backbones
 
@@ -466,11 +535,7 @@ def list_models() -> Dict[str, str]:
     except ImportError:  # pragma: no cover
         pass
     out["clip: <open_clip name> / hf:<id> / folder"] = "any open_clip or HF CLIP model (pretrained weights on disk)"
-    from avalanche_mm import models as mpkg
-
-    lister = getattr(mpkg, "list_fusion_models", None)
-    if callable(lister):
-        out.update({f"fusion: {k}": v for k, v in dict(lister()).items()})
+    out["fusion: fusion"] = "FusionModel with automatic per-modality encoders (params: fusion, hidden, conv_channels, vocab_size)"
     out["fusion: toy-fusion"] = "late-fusion net of the toy stream (image, text, audio)"
     return out
 

@@ -83,6 +83,38 @@ def distillation_loss(teacher_logits: Tensor, student_logits: Tensor, temperatur
     return -(p * logq).sum(dim=1).mean() * temperature**2
 
 
+class MaskedCrossEntropyLoss(nn.Module):
+    """Cross-entropy with label smoothing over the *unmasked* classes only.
+
+    Zero-shot heads restrict a sample's prediction to its task's classes by
+    giving the other columns a very low logit (``mask_value``, e.g. -1e4).
+    ``nn.CrossEntropyLoss(label_smoothing=e)`` spreads ``e`` over every
+    column, masked ones included, which adds ``~e * 1e4 / K`` to the loss and
+    drowns the gradient. Here the smoothing mass goes to the columns whose
+    logit is above ``mask_threshold``; without masked columns the loss equals
+    PyTorch's.
+
+    :param label_smoothing: smoothing ``e`` in [0, 1].
+    :param mask_threshold: logits at or below it count as masked.
+    """
+
+    def __init__(self, *, label_smoothing: float = 0.0, mask_threshold: float = -1e3):
+        super().__init__()
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}.")
+        self.label_smoothing = float(label_smoothing)
+        self.mask_threshold = float(mask_threshold)
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        logp = F.log_softmax(logits, dim=1)
+        nll = -logp.gather(1, targets.long().unsqueeze(1)).squeeze(1)
+        if self.label_smoothing == 0.0:
+            return nll.mean()
+        valid = (logits > self.mask_threshold).to(logp.dtype)
+        smooth = -(logp * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+        return ((1.0 - self.label_smoothing) * nll + self.label_smoothing * smooth).mean()
+
+
 def trainable_state(model: nn.Module) -> Dict[str, Tensor]:
     """Detached copies of the parameters that require gradients, by name."""
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -257,7 +289,8 @@ class FineTune(MultimodalSupervisedTemplate):
 
     :param model: the model (e.g. a CLIP classifier over class prompts).
     :param optimizer: the optimizer.
-    :param criterion: the loss (default: cross-entropy with ``label_smoothing``).
+    :param criterion: the loss (default: :class:`MaskedCrossEntropyLoss` with
+        ``label_smoothing``, i.e. cross-entropy that ignores masked classes).
     :param iterations: optimizer steps per experience (None: ``train_epochs``).
     :param warmup: warm-up steps.
     :param schedule: ``"cosine"`` or ``"constant"``.
@@ -288,7 +321,7 @@ class FineTune(MultimodalSupervisedTemplate):
     ):
         _check_number("label_smoothing", label_smoothing)
         if criterion is None:
-            criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+            criterion = MaskedCrossEntropyLoss(label_smoothing=label_smoothing)
         self.schedule_plugin = IterationSchedulePlugin(
             iterations=iterations,
             warmup=warmup,
@@ -305,6 +338,7 @@ __all__ = [
     "find_backbone",
     "logit_scale_of",
     "distillation_loss",
+    "MaskedCrossEntropyLoss",
     "trainable_state",
     "float_state",
     "IterationSchedulePlugin",

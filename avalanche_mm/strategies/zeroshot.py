@@ -15,6 +15,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
+from .finetune import MaskedCrossEntropyLoss
 from .twins import MultimodalSupervisedTemplate
 
 
@@ -66,7 +67,7 @@ class ZeroShot(MultimodalSupervisedTemplate):
         super().__init__(
             model=model,
             optimizer=optimizer,
-            criterion=criterion if criterion is not None else nn.CrossEntropyLoss(),
+            criterion=criterion if criterion is not None else MaskedCrossEntropyLoss(),
             plugins=[self.zeroshot_plugin] + list(plugins or []),
             **base_kwargs,
         )

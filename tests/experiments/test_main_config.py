@@ -1,0 +1,134 @@
+"""Config loading, overrides and validation of the main job (no training)."""
+
+import os
+
+import pytest
+import yaml
+
+from avalanche_mm.experiments.config import (
+    ConfigError,
+    apply_overrides,
+    load_config,
+    parse_override,
+    strategy_fingerprint,
+    validate_config,
+)
+from avalanche_mm.experiments.io import atomic_write_json, atomic_write_text, read_json, truncate_file
+
+BASE = {
+    "name": "t",
+    "benchmark": {"name": "toy"},
+    "model": {"kind": "fusion", "name": "toy-fusion"},
+    "strategies": {"finetune": {}, "er": {"mem_size": 10}},
+}
+
+
+def _errors(raw):
+    with pytest.raises(ConfigError) as info:
+        validate_config(raw)
+    return "\n".join(info.value.errors)
+
+
+def test_single_study_form_and_defaults():
+    cfg = validate_config(BASE)
+    study = cfg["studies"]["main"]
+    assert study["strategies"]["er"] == {"method": "er", "mem_size": 10, "batch_size_mem": None,
+                                         "storage_policy": "experience_balanced", "training": {}}
+    assert study["training"]["optimizer"] == "adamw" and cfg["loggers"] == ["text"]
+    assert study["evaluation"]["initial"] is True
+
+
+def test_builtin_default_and_recipes_validate():
+    from avalanche_mm.experiments.config import packaged_recipes, repo_recipes
+
+    cfg = load_config(None)
+    assert set(cfg["studies"]) == {"mtil", "av"}
+    assert set(cfg["studies"]["mtil"]["strategies"]) >= {"zeroshot", "finetune", "lwf", "er", "wiseft", "zscl"}
+    for name, path in {**packaged_recipes(), **repo_recipes()}.items():
+        raw = yaml.safe_load(open(path))
+        if "data_root" in str(raw):  # real-data recipes: validate with an existing folder
+            raw = apply_overrides(raw, [f"studies.{s}.benchmark.data_root={os.getcwd()}" for s in raw.get("studies", {})])
+        validate_config(raw)
+
+
+def test_unknown_strategy_benchmark_and_keys_are_named():
+    msg = _errors({**BASE, "strategies": {"zscll": {}}})
+    assert "studies.main.strategies.zscll.method: got 'zscll'" in msg and "did you mean 'zscl'" in msg
+    msg = _errors({**BASE, "benchmark": {"name": "nope"}})
+    assert "studies.main.benchmark.name: got 'nope', expected one of" in msg
+    msg = _errors({**BASE, "trainig": {}})
+    assert "trainig: unknown key" in msg and "did you mean 'training'" in msg
+    msg = _errors({**BASE, "strategies": {"er": {"mem_sise": 3}}})
+    assert "studies.main.strategies.er.mem_sise: unknown key" in msg
+
+
+def test_wrong_types_name_the_key_the_value_and_the_expectation():
+    raw = {**BASE, "seed": "zero", "training": {"lr": "fast", "batch_size": 0, "iterations": 2.5},
+           "loggers": ["text", "tensorbord"], "strategies": {"lwf": {"alpha": True}}}
+    msg = _errors(raw)
+    assert "seed: got 'zero' (str), expected an integer >= 0" in msg
+    assert "studies.main.training.lr: got 'fast' (str), expected a number >= 0.0" in msg
+    assert "studies.main.training.batch_size: got 0, expected an integer >= 1" in msg
+    assert "studies.main.training.iterations: got 2.5 (float), expected an integer" in msg
+    assert "loggers[1]: got 'tensorbord'" in msg
+    assert "studies.main.strategies.lwf.alpha: got True (bool), expected a number" in msg
+
+
+def test_method_and_model_kind_must_match_and_required_keys():
+    msg = _errors({**BASE, "strategies": {"zscl": {}}})
+    assert "'zscl' needs a model of kind 'clip'" in msg
+    msg = _errors({"strategies": {"finetune": {}}})
+    assert "studies.main.benchmark.name: missing" in msg
+    msg = _errors({**BASE, "model": {"kind": "fusion"}})
+    assert "studies.main.model.name: missing" in msg
+
+
+def test_data_root_is_checked_before_anything_is_built(tmp_path):
+    raw = {"benchmark": {"name": "mtil"}, "model": {"kind": "clip"}, "strategies": {"finetune": {}}}
+    msg = _errors(raw)
+    assert "studies.main.benchmark.data_root: missing" in msg
+    raw["benchmark"]["data_root"] = str(tmp_path / "absent")
+    msg = _errors(raw)
+    assert "benchmark.data_root: got" in msg and "expected an existing folder" in msg
+
+
+def test_overrides():
+    assert parse_override("a.b=1e-4") == (["a", "b"], "1e-4")
+    assert parse_override("a=[1, 2]") == (["a"], [1, 2])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("nothing")
+    cfg = load_config(raw=BASE, overrides=["training.lr=1e-4", "strategies.er.mem_size=7", "seed=3"])
+    study = cfg["studies"]["main"]
+    assert study["training"]["lr"] == 1e-4 and study["strategies"]["er"]["mem_size"] == 7 and cfg["seed"] == 3
+    with pytest.raises(ConfigError, match="not a mapping"):
+        apply_overrides(BASE, ["name.x=1"])
+
+
+def test_fingerprint_tracks_what_changes_results():
+    a = validate_config(BASE)
+    b = validate_config({**BASE, "loggers": ["text", "csv"], "progress_bar": False})
+    c = validate_config({**BASE, "training": {"lr": 0.5}})
+    fp = lambda cfg: strategy_fingerprint(cfg, "main", "er")  # noqa: E731
+    assert fp(a) == fp(b) != fp(c)
+
+
+def test_atomic_writes_leave_old_content_on_failure(tmp_path):
+    path = tmp_path / "x.json"
+    atomic_write_json(str(path), {"a": float("nan")})
+    assert read_json(str(path)) == {"a": None}
+
+    from avalanche_mm.experiments.io import _atomic
+
+    def half_then_crash(fh):
+        fh.write('{"b": ')
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        _atomic(str(path), half_then_crash, binary=False)
+    assert read_json(str(path)) == {"a": None}
+    assert sorted(os.listdir(tmp_path)) == ["x.json"]  # no temporary file left
+    atomic_write_text(str(tmp_path / "log"), "line1\nline2\n")
+    truncate_file(str(tmp_path / "log"), 6)
+    assert open(tmp_path / "log").read() == "line1\n"
+    with pytest.raises(ValueError, match="inconsistent"):
+        truncate_file(str(tmp_path / "log"), 100)

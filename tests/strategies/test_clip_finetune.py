@@ -1,0 +1,137 @@
+"""The fine-tuning recipe (step budget, warm-up + cosine, fresh optimizer), zero-shot and CLIP-LwF."""
+
+import copy
+import math
+
+import pytest
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.training.plugins import EvaluationPlugin
+
+from avalanche_mm.strategies import CLIPLwF, CLIPLwFPlugin, FineTune, IterationSchedulePlugin, ZeroShot
+
+WORLD = {"seed": 0, "image_size": 32, "shapes": 4, "colours": 4, "textures": 2, "sizes": 2}
+TASKS = [{"name": "colours", "target": "colour"}, {"name": "shapes", "target": "shape"}]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from avalanche_mm.experiments.registry import clip_classifier, demo_mtil
+    from avalanche_mm.models import build_backbone
+
+    bundle = demo_mtil(world=WORLD, tasks=TASKS, train_per_class=4, test_per_class=2, reference_per_combination=1)
+    model = clip_classifier(build_backbone("tiny-openclip", seed=0), bundle, {"freeze": ["logit_scale"]})
+    return bundle, model
+
+
+class Count(SupervisedPlugin):
+    def __init__(self):
+        super().__init__()
+        self.steps, self.lrs, self.grads = 0, [], []
+
+    def before_update(self, strategy, **kw):
+        self.lrs.append(strategy.optimizer.param_groups[0]["lr"])
+
+    def after_backward(self, strategy, **kw):
+        self.grads.append({n: p.grad.detach().clone() for n, p in strategy.model.named_parameters() if p.grad is not None})
+
+    def after_training_iteration(self, strategy, **kw):
+        self.steps += 1
+
+
+def _opt(m, lr=1e-3):
+    return torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr)
+
+
+def test_schedule_warmup_then_cosine():
+    p = IterationSchedulePlugin(lr=1.0, warmup=2, iterations=6)
+    p.base_lr, p.total = 1.0, 6
+    assert [round(p.lr_at(i), 4) for i in range(2)] == [0.5, 1.0]
+    assert p.lr_at(2) == pytest.approx(1.0)
+    assert p.lr_at(4) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    c = IterationSchedulePlugin(lr=1.0, schedule="constant")
+    c.base_lr, c.total = 1.0, 10
+    assert c.lr_at(7) == 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        IterationSchedulePlugin(schedule="step")
+    with pytest.raises(ValueError, match="iterations"):
+        IterationSchedulePlugin(iterations=0)
+
+
+@pytest.mark.parametrize("iterations", [3, 7])
+def test_iteration_budget_is_exact_and_optimizer_is_fresh(setup, iterations):
+    bundle, model = setup
+    m = copy.deepcopy(model)
+    count = Count()
+    strat = FineTune(model=m, optimizer=_opt(m), iterations=iterations, warmup=1, train_mb_size=8,  # 4 batches/exp
+                     lr_per_experience=[1e-3, 5e-4], plugins=[count], evaluator=EvaluationPlugin())
+    strat.train(bundle.scenario.train_stream[0])
+    assert count.steps == iterations
+    assert count.lrs[0] == pytest.approx(1e-3)  # warm-up of 1 step reaches the base lr
+    assert not strat._stop_training
+    strat.train(bundle.scenario.train_stream[1])
+    assert count.steps == 2 * iterations
+    assert count.lrs[iterations] == pytest.approx(5e-4)  # second experience: its own lr, restarted
+
+
+def test_zeroshot_never_changes_the_weights(setup):
+    bundle, model = setup
+    m = copy.deepcopy(model)
+    before = copy.deepcopy(m.state_dict())
+    count = Count()
+    strat = ZeroShot(model=m, train_mb_size=8, plugins=[count], evaluator=EvaluationPlugin())
+    for exp in bundle.scenario.train_stream:
+        strat.train(exp)
+    assert count.steps == 0 and strat.zeroshot_plugin.experiences_skipped == 2
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_clip_lwf_distils_the_task_start_model(setup):
+    bundle, model = setup
+    exp = bundle.scenario.train_stream[1]
+    grads = {}
+    for alpha in (0.0, 1.0):
+        torch.manual_seed(0)
+        m = copy.deepcopy(model)
+        count = Count()
+        strat = CLIPLwF(model=m, optimizer=_opt(m, 1e-2), alpha=alpha, iterations=2, train_mb_size=8,
+                        plugins=[count], evaluator=EvaluationPlugin())
+        strat.train(exp)
+        grads[alpha] = count.grads
+        if alpha:
+            assert strat.lwf_plugin.last_loss is not None and strat.lwf_plugin.teacher is None
+    diff = [max(float((a[n] - b[n]).abs().max()) for n in a) for a, b in zip(grads[0.0], grads[1.0])]
+    assert diff[0] < 1e-5  # the first step: student == teacher, no distillation gradient
+    assert diff[1] > 1e-6  # then the teacher pulls
+
+
+def test_clip_lwf_penalty_restricts_to_current_classes(setup):
+    bundle, model = setup
+    plug = CLIPLwFPlugin(alpha=1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        CLIPLwFPlugin(temperature=0)
+    from types import SimpleNamespace
+
+    from avalanche_mm.data import MultimodalBatch
+
+    exp = bundle.scenario.train_stream[1]
+    m = copy.deepcopy(model)
+    plug.before_training_exp(SimpleNamespace(model=m))
+    x, y, t = exp.dataset.collate_fn([exp.dataset[i] for i in range(4)])
+    out = m(x, t)
+    strat = SimpleNamespace(mb_output=out, mb_x=x, mb_task_id=t, experience=exp)
+    loss = plug.penalty(strat)
+    assert torch.isfinite(loss)  # masked columns of other tasks would make it explode
+    assert isinstance(x, MultimodalBatch)
+
+
+def test_masked_cross_entropy_ignores_masked_columns():
+    from avalanche_mm.strategies.finetune import MaskedCrossEntropyLoss
+
+    logits = torch.randn(5, 4)
+    y = torch.randint(0, 4, (5,))
+    ref = torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.2)
+    assert torch.allclose(MaskedCrossEntropyLoss(label_smoothing=0.2)(logits, y), ref)
+    masked = torch.cat([logits, torch.full((5, 3), -1e4)], 1)  # 3 columns of other tasks
+    assert torch.allclose(MaskedCrossEntropyLoss(label_smoothing=0.2)(masked, y), ref, atol=1e-5)
+    assert torch.nn.functional.cross_entropy(masked, y, label_smoothing=0.2) > 100  # the stock loss explodes

@@ -1,0 +1,206 @@
+"""ZSCL: each mechanism acts (distillation, L2 to the task start, weight ensemble)."""
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.training.plugins import EvaluationPlugin
+
+from avalanche_mm.strategies import ZSCL, FineTune, ZSCLPlugin
+from avalanche_mm.strategies.finetune import distillation_loss, find_backbone
+
+WORLD = {"seed": 0, "image_size": 32, "shapes": 4, "colours": 4, "textures": 2, "sizes": 2}
+TASKS = [{"name": "colours", "target": "colour"}, {"name": "shapes", "target": "shape"}]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from avalanche_mm.experiments.registry import clip_classifier, demo_mtil
+    from avalanche_mm.models import build_backbone
+
+    bundle = demo_mtil(world=WORLD, tasks=TASKS, train_per_class=4, test_per_class=2, reference_per_combination=1)
+    model = clip_classifier(build_backbone("tiny-openclip", seed=0), bundle, {"freeze": ["logit_scale"]})
+    return bundle, model
+
+
+class Recorder(SupervisedPlugin):
+    """Records gradients after backward and weights after each step."""
+
+    def __init__(self):
+        super().__init__()
+        self.grads, self.weights = [], []
+
+    def after_backward(self, strategy, **kw):
+        self.grads.append({n: p.grad.detach().clone() for n, p in strategy.model.named_parameters() if p.grad is not None})
+
+    def after_training_iteration(self, strategy, **kw):
+        self.weights.append({n: p.detach().clone() for n, p in strategy.model.named_parameters() if p.requires_grad})
+
+
+def _zscl(bundle, model, rec, **kw):
+    ref = bundle.reference
+    args = dict(image_weight=1.0, text_weight=1.0, l2_weight=0.0, we_every=0, ref_batch_size=8)
+    args.update(kw)
+    return ZSCL(
+        model=model,
+        optimizer=torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3),
+        reference_images=ref.images,
+        reference_texts=ref.texts,
+        iterations=args.pop("iterations", 2),
+        train_mb_size=8,
+        plugins=[rec],
+        evaluator=EvaluationPlugin(),
+        **args,
+    )
+
+
+def _grad_diff(a, b):
+    return max(float((a[n] - b[n]).abs().max()) for n in a)
+
+
+def test_kd_is_zero_gradient_for_identical_logits_and_scales_with_t_squared():
+    t = torch.randn(4, 5)
+    s = t.clone().requires_grad_(True)
+    distillation_loss(t, s, 2.0).backward()
+    assert float(s.grad.abs().max()) < 1e-6
+    s2 = (t + torch.randn(4, 5)).requires_grad_(True)
+    loss = distillation_loss(t, s2, 2.0)
+    manual = -(torch.softmax(t / 2, 1) * torch.log_softmax(s2 / 2, 1)).sum(1).mean() * 4
+    assert torch.allclose(loss, manual)
+
+
+def test_distillation_weight_changes_the_gradients(setup):
+    bundle, model = setup
+    exp = bundle.scenario.train_stream[0]
+    grads = {}
+    for w in (0.0, 1.0):
+        torch.manual_seed(0)
+        rec = Recorder()
+        strat = _zscl(bundle, copy.deepcopy(model), rec, image_weight=w, text_weight=w, iterations=2)
+        strat.train(exp)
+        grads[w] = rec.grads
+    # step 0: student == teacher, the KD gradient vanishes; step 1: it acts
+    assert _grad_diff(grads[0.0][0], grads[1.0][0]) < 1e-5
+    assert _grad_diff(grads[0.0][1], grads[1.0][1]) > 1e-6
+
+
+def test_both_directions_and_text_features_route_gradients(setup):
+    bundle, model = setup
+    m = copy.deepcopy(model)
+    bb = find_backbone(m)
+    plug = ZSCLPlugin(reference_images=bundle.reference.images, reference_texts=bundle.reference.texts, ref_batch_size=8, text_features="student")
+    strat = SimpleNamespace(model=m, device=torch.device("cpu"), experience=SimpleNamespace(current_experience=0))
+    plug.before_training_exp(strat)
+    with torch.no_grad():  # move the student away from the teacher
+        for p in bb.tower_parameters("vision") + bb.tower_parameters("text"):
+            p.add_(0.05 * torch.randn_like(p))
+    d = plug.distillation(strat)
+    assert d["image"] > 0 and d["text"] > 0
+    (d["image"] + d["text"]).backward()
+    vision = sum(float(p.grad.abs().sum()) for p in bb.tower_parameters("vision") if p.grad is not None)
+    text = sum(float(p.grad.abs().sum()) for p in bb.tower_parameters("text") if p.grad is not None)
+    assert vision > 0 and text > 0  # student sentence features: both towers learn
+    # released-code variant: sentence features from the teacher -> no text-tower gradient
+    m.zero_grad()
+    plug.text_features = "teacher"
+    d = plug.distillation(strat)
+    (d["image"] + d["text"]).backward()
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in bb.tower_parameters("text"))
+    # the teacher never moves
+    assert all(not p.requires_grad for p in plug.teacher.parameters())
+
+
+def test_l2_penalty_is_distance_to_the_task_start(setup):
+    bundle, model = setup
+    m = copy.deepcopy(model)
+    plug = ZSCLPlugin(reference_images=bundle.reference.images, reference_texts=bundle.reference.texts, l2_weight=1.0)
+    strat = SimpleNamespace(model=m, device=torch.device("cpu"), experience=SimpleNamespace(current_experience=0))
+    plug.before_training_exp(strat)
+    assert float(plug.l2_penalty(m)) == 0.0
+    name, p = next((n, p) for n, p in m.named_parameters() if p.requires_grad)
+    with torch.no_grad():
+        p.add_(0.1)
+    pen = plug.l2_penalty(m)
+    assert torch.isclose(pen, torch.tensor(0.01 * p.numel()), rtol=1e-4)
+    pen.backward()
+    assert torch.allclose(p.grad, torch.full_like(p, 0.2), atol=1e-5)
+
+
+def test_l2_weight_changes_training(setup):
+    bundle, model = setup
+    exp = bundle.scenario.train_stream[0]
+    final = {}
+    for w in (0.0, 100.0):
+        torch.manual_seed(0)
+        rec = Recorder()
+        strat = _zscl(bundle, copy.deepcopy(model), rec, image_weight=0.0, text_weight=0.0, l2_weight=w, iterations=3)
+        strat.train(exp)
+        final[w] = rec.grads[-1]
+    assert _grad_diff(final[0.0], final[100.0]) > 1e-6
+
+
+def test_weight_ensemble_is_the_running_average_of_the_snapshots(setup):
+    bundle, model = setup
+    torch.manual_seed(0)
+    rec = Recorder()
+    m = copy.deepcopy(model)
+    strat = _zscl(bundle, m, rec, image_weight=0.0, text_weight=0.0, we_every=2, iterations=6)
+    strat.train(bundle.scenario.train_stream[0])
+    snaps = [rec.weights[i] for i in (1, 3, 5)]  # after iterations 2, 4, 6
+    assert strat.zscl_plugin.we_count == 3
+    for n, p in m.named_parameters():
+        if p.requires_grad:
+            expected = sum(s[n] for s in snaps) / 3
+            assert torch.allclose(p.detach(), expected, atol=1e-6), n
+    # without WE the model keeps its last weights
+    rec2 = Recorder()
+    m2 = copy.deepcopy(model)
+    torch.manual_seed(0)
+    strat2 = _zscl(bundle, m2, rec2, image_weight=0.0, text_weight=0.0, we_every=0, iterations=6)
+    strat2.train(bundle.scenario.train_stream[0])
+    for n, p in m2.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p.detach(), rec2.weights[-1][n])
+
+
+def test_teacher_is_the_initial_model_across_tasks_and_survives_a_checkpoint(setup):
+    bundle, model = setup
+    m = copy.deepcopy(model)
+    initial = {k: v.clone() for k, v in find_backbone(m).state_dict().items()}
+    strat = _zscl(bundle, m, Recorder(), iterations=2)
+    for exp in bundle.scenario.train_stream:
+        strat.train(exp)
+    teacher = strat.zscl_plugin.teacher.state_dict()
+    assert all(torch.equal(teacher[k], initial[k]) for k in initial)
+    fresh = ZSCLPlugin(reference_images=bundle.reference.images, reference_texts=bundle.reference.texts)
+    fresh.load_state_dict(strat.zscl_plugin.state_dict(), model=copy.deepcopy(model))
+    assert all(torch.equal(fresh.teacher.state_dict()[k], initial[k]) for k in initial)
+
+
+def test_zscl_validates_its_arguments(setup):
+    bundle, _ = setup
+    ref = bundle.reference
+    with pytest.raises(ValueError, match="text_features"):
+        ZSCLPlugin(reference_images=ref.images, reference_texts=ref.texts, text_features="both")
+    with pytest.raises(ValueError, match="we_every"):
+        ZSCLPlugin(reference_images=ref.images, reference_texts=ref.texts, we_every=-1)
+    with pytest.raises(ValueError, match="reference_texts is empty"):
+        ZSCLPlugin(reference_images=ref.images, reference_texts=[])
+    with pytest.raises(TypeError, match="single string"):
+        ZSCLPlugin(reference_images=ref.images, reference_texts="a photo")
+
+
+def test_plain_finetune_and_zscl_without_mechanisms_train_identically(setup):
+    bundle, model = setup
+    exp = bundle.scenario.train_stream[0]
+    torch.manual_seed(0)
+    rec_a = Recorder()
+    ma = copy.deepcopy(model)
+    FineTune(model=ma, optimizer=torch.optim.AdamW([p for p in ma.parameters() if p.requires_grad], lr=1e-3),
+             iterations=3, train_mb_size=8, plugins=[rec_a], evaluator=EvaluationPlugin()).train(exp)
+    torch.manual_seed(0)
+    rec_b = Recorder()
+    _zscl(bundle, copy.deepcopy(model), rec_b, image_weight=0.0, text_weight=0.0, l2_weight=0.0, we_every=0, iterations=3).train(exp)
+    assert _grad_diff(rec_a.grads[-1], rec_b.grads[-1]) < 1e-6
