@@ -104,14 +104,19 @@ def main():
 
     plain_t, tmpl_t, ratios = [], [], []
     for r in range(args.repeats):
-        t0 = time.perf_counter()
-        plain_epoch(model_a, opt_a, experience.dataset, args.batch_size, r)
-        t1 = time.perf_counter()
-        template_epoch(strategy, experience)
-        t2 = time.perf_counter()
-        plain_t.append(t1 - t0)
-        tmpl_t.append(t2 - t1)
-        ratios.append((t2 - t1) / (t1 - t0))
+        # alternate which path runs first (ABBA) so drift in machine load cancels out
+        order = ("plain", "template") if r % 2 == 0 else ("template", "plain")
+        times = {}
+        for which in order:
+            t0 = time.perf_counter()
+            if which == "plain":
+                plain_epoch(model_a, opt_a, experience.dataset, args.batch_size, r)
+            else:
+                template_epoch(strategy, experience)
+            times[which] = time.perf_counter() - t0
+        plain_t.append(times["plain"])
+        tmpl_t.append(times["template"])
+        ratios.append(times["template"] / times["plain"])
     print(f"samples={args.samples} batch={args.batch_size} repeats={args.repeats} threads={torch.get_num_threads()}")
     print(f"plain PyTorch loop : median {statistics.median(plain_t):.3f} s/epoch")
     print(f"avalanche-mm Naive : median {statistics.median(tmpl_t):.3f} s/epoch")
