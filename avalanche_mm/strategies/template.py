@@ -56,6 +56,17 @@ class MultimodalTemplateMixin:
             collate = self.default_collate_fn
         return collate
 
+    def _loader_args(self, kwargs, **common):
+        """Avalanche's common loader arguments plus the resolved collate and ffcv args."""
+        assert self.adapted_dataset is not None
+        collate = self._resolve_collate(kwargs)
+        args = self._obtain_common_dataloader_parameters(**common)
+        if collate is not None:
+            args["collate_fn"] = collate
+        if "ffcv_args" in kwargs:
+            args["ffcv_args"] = kwargs["ffcv_args"]
+        return args
+
     def make_train_dataloader(
         self,
         num_workers=0,
@@ -70,11 +81,10 @@ class MultimodalTemplateMixin:
         Same arguments as Avalanche's ``make_train_dataloader``; additionally a
         ``collate_fn`` given to ``strategy.train(exp, collate_fn=...)`` is used.
         """
-        assert self.adapted_dataset is not None
-        collate = self._resolve_collate(kwargs)
         from avalanche.benchmarks.utils.data_loader import TaskBalancedDataLoader
 
-        other_args = self._obtain_common_dataloader_parameters(
+        args = self._loader_args(
+            kwargs,
             batch_size=self.train_mb_size,
             num_workers=num_workers,
             shuffle=shuffle,
@@ -82,16 +92,12 @@ class MultimodalTemplateMixin:
             persistent_workers=persistent_workers,
             drop_last=drop_last,
         )
-        if collate is not None:
-            other_args["collate_fn"] = collate
-        if "ffcv_args" in kwargs:
-            other_args["ffcv_args"] = kwargs["ffcv_args"]
         if hasattr(self.experience, "task_labels"):
             self.dataloader = TaskBalancedDataLoader(
-                self.adapted_dataset, oversample_small_groups=True, **other_args
+                self.adapted_dataset, oversample_small_groups=True, **args
             )
         else:
-            self.dataloader = DataLoader(self.adapted_dataset, **other_args)
+            self.dataloader = DataLoader(self.adapted_dataset, **args)
 
     def make_eval_dataloader(
         self, num_workers=0, shuffle=False, pin_memory=None, persistent_workers=False, **kwargs
@@ -101,22 +107,17 @@ class MultimodalTemplateMixin:
         Avalanche 0.6.0 ignores a ``collate_fn`` passed to ``eval(...)``; here
         it takes precedence over the dataset's.
         """
-        assert self.adapted_dataset is not None
         from avalanche.benchmarks.utils.data_loader import SingleDatasetDataLoader
 
-        collate = self._resolve_collate(kwargs)
-        other_args = self._obtain_common_dataloader_parameters(
+        args = self._loader_args(
+            kwargs,
             batch_size=self.eval_mb_size,
             num_workers=num_workers,
             shuffle=shuffle,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
         )
-        if collate is not None:
-            other_args["collate_fn"] = collate
-        if "ffcv_args" in kwargs:
-            other_args["ffcv_args"] = kwargs["ffcv_args"]
-        self.dataloader = SingleDatasetDataLoader(self.adapted_dataset, **other_args)
+        self.dataloader = SingleDatasetDataLoader(self.adapted_dataset, **args)
 
     # -- dict-aware helpers ----------------------------------------------------
     @property
