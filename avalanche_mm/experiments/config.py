@@ -125,11 +125,36 @@ MODEL = Section(
     help="the model",
 )
 
+def resolve_data_path(path: str, data_root: Optional[str]) -> str:
+    """``path`` with ``~`` expanded, relative paths taken under ``data_root`` when given."""
+    path = os.path.expanduser(path)
+    if not os.path.isabs(path) and data_root:
+        path = os.path.join(os.path.expanduser(data_root), path)
+    return path
+
+
+REFERENCE = Section(
+    {
+        "images": Opt(
+            "str", None, nullable=True,
+            help="folder of reference images (ImageFolder layout, e.g. ImageNet train) for ZSCL; relative to data_root",
+        ),
+        "texts": Opt(
+            "str", None, nullable=True,
+            help="text file of reference sentences, one per line (e.g. Conceptual Captions); relative to data_root",
+        ),
+        "max_images": Opt("int", None, nullable=True, minimum=1, help="use at most this many images (a seeded sample)"),
+        "max_texts": Opt("int", None, nullable=True, minimum=1, help="use at most this many sentences (a seeded sample)"),
+    },
+    help="reference data of real-data studies (built-in benchmarks bring their own)",
+)
+
 BENCHMARK = Section(
     {
         "name": Opt("str", REQUIRED, help="benchmark name (avalanche-mm list benchmarks)"),
         "params": Opt("dict", {}, help="keyword arguments of the benchmark"),
         "data_root": Opt("str", None, nullable=True, help="folder with the real datasets"),
+        "reference": REFERENCE,
     },
     help="the benchmark",
 )
@@ -395,6 +420,16 @@ def _check_study(sname: str, study: Dict[str, Any], errors: List[str]) -> None:
     bench = study.get("benchmark") or {}
     if isinstance(bench, dict) and isinstance(bench.get("name"), str):
         errors.extend(check_benchmark(bench, f"{key}.benchmark"))
+    ref = bench.get("reference") if isinstance(bench, dict) else None
+    if isinstance(ref, dict):
+        root = bench.get("data_root")
+        for what in ("images", "texts"):
+            value = ref.get(what)
+            if isinstance(value, str):
+                path = resolve_data_path(value, root)
+                if not os.path.exists(path):
+                    errors.append(f"{key}.benchmark.reference.{what}: got {value!r} ({path}), expected an existing "
+                                  + ("folder of images" if what == "images" else "file of sentences"))
     model = study.get("model") or {}
     kind = model.get("kind") if isinstance(model, dict) else None
     if kind == "fusion" and not model.get("name"):
@@ -490,6 +525,7 @@ __all__ = [
     "packaged_recipes",
     "repo_recipes",
     "strategy_training",
+    "resolve_data_path",
     "fingerprint",
     "strategy_fingerprint",
     "dump_yaml",

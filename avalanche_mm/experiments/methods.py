@@ -221,7 +221,8 @@ def _build_zscl(ctx: BuildContext, p: Dict[str, Any]):
             f"{getattr(ctx.bundle, 'name', '?')!r} provides none; use a benchmark with a "
             "reference split (e.g. world-mtil) or a real-data benchmark with reference_root."
         )
-    images, texts = ref.images, ref.texts
+    images = ref.images
+    texts = list(dict.fromkeys(ref.texts))  # a bank of distinct sentences
     if p["reference_size"] is not None:
         images = images[: p["reference_size"]]
     if p["reference_texts"] is not None:

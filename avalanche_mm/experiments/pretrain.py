@@ -138,7 +138,7 @@ def pretrain_backbone(
         opt.step()
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
     if bar is not None:
         bar.close()
     backbone.eval()

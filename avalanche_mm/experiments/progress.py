@@ -55,7 +55,7 @@ class ProgressBarPlugin(SupervisedPlugin):
     def after_training_iteration(self, strategy, **kwargs):
         if self._train is not None:
             self._train.update(1)
-            self._train.set_postfix(loss=f"{float(strategy.loss):.3f}", refresh=False)
+            self._train.set_postfix(loss=f"{float(strategy.loss.detach()):.3f}", refresh=False)
 
     def after_training_exp(self, strategy, **kwargs):
         if self._train is not None:

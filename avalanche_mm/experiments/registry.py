@@ -28,19 +28,22 @@ from .schema import _suggest
 
 @dataclass
 class ReferenceSet:
-    """Image-caption pairs outside the task splits.
+    """Reference data outside the task splits (pretraining, ZSCL, probe set).
 
-    :ivar images: ``[N, 3, H, W]`` images (already in the model's input format).
-    :ivar texts: ``N`` captions (raw strings).
+    :ivar images: ``[N, 3, H, W]`` images already in the model's input format,
+        or a dataset of ``({"image": ...}, y, t)`` samples (real data, loaded lazily).
+    :ivar texts: sentences (raw strings).
+    :ivar paired: True when ``texts[i]`` describes ``images[i]`` (captions).
     :ivar fingerprint: what identifies the data (for the pretraining cache).
     """
 
-    images: Tensor
+    images: Any
     texts: List[str]
+    paired: bool = True
     fingerprint: Dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return int(self.images.shape[0])
+        return int(self.images.shape[0]) if isinstance(self.images, Tensor) else len(self.images)
 
 
 @dataclass
@@ -71,6 +74,8 @@ class BenchmarkBundle:
         out = []
         for i, exp in enumerate(self.scenario.test_stream):
             out.append(str(getattr(exp, "dataset_name", None) or f"exp{i}"))
+        if len(set(out)) != len(out):  # e.g. class-incremental splits of one dataset
+            out = [f"exp{i}" for i in range(len(out))]
         return out
 
 
@@ -311,8 +316,61 @@ def check_benchmark(cfg: Mapping[str, Any], key: str) -> List[str]:
     return errors
 
 
-def build_benchmark(cfg: Mapping[str, Any], *, seed: int) -> BenchmarkBundle:
-    """Build the benchmark of a study (see module docstring)."""
+def load_reference(cfg: Mapping[str, Any], *, data_root: Optional[str] = None, image_transform: Optional[Callable] = None, image_size: int = 224, seed: int = 0) -> Optional[ReferenceSet]:
+    """The reference data of a ``benchmark.reference`` section (None when it names none).
+
+    Images are read lazily from an ImageFolder-style tree (every image file under
+    ``images``, sorted), resized/cropped by the benchmarks' ``ImageFile`` with
+    ``image_transform`` (e.g. the backbone's ``preprocess_eval``); sentences
+    are the non-empty lines of ``texts`` (the first column of a ``.tsv``, as
+    Conceptual Captions ships). ``max_images``/``max_texts`` keep a
+    seeded random sample.
+    """
+    if not cfg or (cfg.get("images") is None and cfg.get("texts") is None):
+        return None
+    import numpy as np
+
+    from avalanche_mm.data import LazyModality, make_multimodal_dataset
+
+    if cfg.get("images") is None or cfg.get("texts") is None:
+        raise ValueError("benchmark.reference: give both images (a folder) and texts (a file of sentences).")
+    from .config import resolve_data_path
+
+    root = resolve_data_path(cfg["images"], data_root)
+    exts = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(exts))
+    if not files:
+        raise FileNotFoundError(f"benchmark.reference.images: no image files under {root!r}.")
+    text_path = resolve_data_path(cfg["texts"], data_root)
+    with open(text_path, encoding="utf-8") as fh:
+        lines = [line.rstrip("\n") for line in fh]
+    if text_path.endswith(".tsv"):  # Conceptual Captions: caption<TAB>url
+        texts = [line.split("\t")[0].strip() for line in lines if line.strip()]
+    else:
+        texts = [line.strip() for line in lines if line.strip()]
+    if not texts:
+        raise ValueError(f"benchmark.reference.texts: {cfg['texts']!r} has no sentences.")
+    rng = np.random.default_rng(seed)
+    if cfg.get("max_images") and len(files) > cfg["max_images"]:
+        files = [files[i] for i in sorted(rng.choice(len(files), cfg["max_images"], replace=False))]
+    if cfg.get("max_texts") and len(texts) > cfg["max_texts"]:
+        texts = [texts[i] for i in sorted(rng.choice(len(texts), cfg["max_texts"], replace=False))]
+    from avalanche_mm.benchmarks.datasets._common import ImageFile
+
+    images = make_multimodal_dataset(
+        {"image": LazyModality(files, ImageFile(size=image_size, transform=image_transform))}, [0] * len(files)
+    )
+    return ReferenceSet(images=images, texts=texts, paired=False, fingerprint=dict(cfg))
+
+
+def build_benchmark(cfg: Mapping[str, Any], *, seed: int, inject: Optional[Mapping[str, Any]] = None) -> BenchmarkBundle:
+    """Build the benchmark of a study (see module docstring).
+
+    :param cfg: the ``benchmark`` section.
+    :param seed: the run's seed (given to benchmarks that take one and were not given one).
+    :param inject: parameters passed when the benchmark accepts them and the
+        config does not set them (e.g. the backbone's ``image_transform``).
+    """
     name = cfg["name"]
     fn = _factory(name)
     if fn is None:
@@ -320,17 +378,26 @@ def build_benchmark(cfg: Mapping[str, Any], *, seed: int) -> BenchmarkBundle:
     params = dict(cfg.get("params") or {})
     if cfg.get("data_root") is not None:
         params.setdefault("root", os.path.expanduser(cfg["data_root"]))
+    accepted = set(inspect.signature(fn).parameters) if name in BUILTIN else set(
+        getattr(_package_entry(name), "parameters", {}) or {}
+    )
+    for k, v in (inject or {}).items():
+        if k in accepted and k not in params:
+            params[k] = v
     if name in BUILTIN:
-        if "seed" in inspect.signature(fn).parameters:
+        if "seed" in accepted:
             params.setdefault("seed", seed)
         return fn(**params)
     scenario = fn(**params)
     if isinstance(scenario, BenchmarkBundle):
         return scenario
-    ref = getattr(scenario, "reference", None)
-    reference = None
-    if ref is not None and hasattr(ref, "images") and hasattr(ref, "texts"):
-        reference = ReferenceSet(images=ref.images, texts=list(ref.texts), fingerprint={"benchmark": name, **params})
+    reference = load_reference(
+        cfg.get("reference") or {},
+        data_root=cfg.get("data_root"),
+        image_transform=(inject or {}).get("image_transform"),
+        image_size=int((inject or {}).get("image_size", 224)),
+        seed=seed,
+    )
     return BenchmarkBundle(
         name=name,
         scenario=scenario,
@@ -550,6 +617,7 @@ __all__ = [
     "list_benchmarks",
     "check_benchmark",
     "build_benchmark",
+    "load_reference",
     "build_clip_backbone",
     "clip_classifier",
     "build_fusion_model",

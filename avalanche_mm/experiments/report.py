@@ -72,12 +72,15 @@ def strategy_summary(state: Mapping[str, Any]) -> Dict[str, Any]:
         "complete": bool(state.get("complete")),
         "transfer": NAN, "avg": NAN, "last": NAN, "forgetting": NAN, "bwt": NAN, "fwt": NAN,
         "avg_seen": NAN,
+        "avg_incremental": NAN,
         "train_seconds": float(sum(state.get("train_seconds") or [])),
         "eval_seconds": float(sum(state.get("eval_seconds") or [])),
     }
     if t == 0:
         return out
     out["avg_seen"] = _mean(A[t - 1, :t])
+    seen_rows = [_mean(A[k, : k + 1]) for k in range(t)]
+    out["avg_incremental"] = _mean(seen_rows)
     if t == T and T >= 2 and np.all(np.isfinite(A)):
         out.update({k: v for k, v in mtil_summary(A).items()})
     if t >= 2 and np.all(np.isfinite(A[:t, :t][np.tril_indices(t)])):
@@ -155,16 +158,30 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> List[List[s
     return [list(headers)] + [list(r) for r in rows]
 
 
-def main_table(summaries: Sequence[Mapping[str, Any]]) -> List[List[str]]:
-    """Transfer / Avg / Last (MTIL), forgetting, BWT, FWT, time (accuracies in %)."""
+def main_table(summaries: Sequence[Mapping[str, Any]], *, multi_task: bool = True) -> List[List[str]]:
+    """The summary table (accuracies in %).
+
+    MTIL-style studies (one task per experience): Transfer / Avg / Last,
+    forgetting, BWT, FWT. Other streams (class-incremental, ...): final
+    average accuracy on the seen experiences, average incremental accuracy,
+    forgetting, BWT.
+    """
     rows = []
     for s in summaries:
         name = s["strategy"] + ("" if s["complete"] else f" (partial {s['experiences_done']}/{s['n_experiences']})")
-        rows.append([
-            name, s["method"], _pct(s["transfer"]), _pct(s["avg"]), _pct(s["last"]),
-            _pct(s["forgetting"]), _pct(s["bwt"]), _pct(s["fwt"]), f"{s['train_seconds']:.0f}",
-        ])
-    return _table(["strategy", "method", "Transfer", "Avg", "Last", "Forgetting", "BWT", "FWT", "train s"], rows)
+        if multi_task:
+            rows.append([
+                name, s["method"], _pct(s["transfer"]), _pct(s["avg"]), _pct(s["last"]),
+                _pct(s["forgetting"]), _pct(s["bwt"]), _pct(s["fwt"]), f"{s['train_seconds']:.0f}",
+            ])
+        else:
+            rows.append([
+                name, s["method"], _pct(s["avg_seen"]), _pct(s["avg_incremental"]),
+                _pct(s["forgetting"]), _pct(s["bwt"]), f"{s['train_seconds']:.0f}",
+            ])
+    if multi_task:
+        return _table(["strategy", "method", "Transfer", "Avg", "Last", "Forgetting", "BWT", "FWT", "train s"], rows)
+    return _table(["strategy", "method", "Final avg acc", "Avg incremental acc", "Forgetting", "BWT", "train s"], rows)
 
 
 def modality_table(summaries: Sequence[Mapping[str, Any]]) -> Optional[List[List[str]]]:
@@ -413,7 +430,7 @@ def build_report(out: str, *, log: Callable = print, plots: Optional[bool] = Non
         if not summaries:
             md += ["_no strategy has run yet_", ""]
             continue
-        tables = [("Summary (accuracies in %)", main_table(summaries))]
+        tables = [("Summary (accuracies in %)", main_table(summaries, multi_task=info.get("multi_task", True)))]
         mt = modality_table(summaries)
         if mt:
             tables.append(("Per-modality accuracy (%, final, seen experiences), contributions and imbalance", mt))
@@ -460,7 +477,7 @@ def build_report(out: str, *, log: Callable = print, plots: Optional[bool] = Non
                           f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
     # summary files
     flat_keys = ["study", "strategy", "method", "complete", "experiences_done", "n_experiences", "transfer", "avg", "last",
-                 "avg_seen", "forgetting", "bwt", "fwt", "imbalance_index", "train_seconds", "eval_seconds"]
+                 "avg_seen", "avg_incremental", "forgetting", "bwt", "fwt", "imbalance_index", "train_seconds", "eval_seconds"]
     atomic_write_json(os.path.join(out, "summary.json"), {"rows": all_rows})
     atomic_write_csv(os.path.join(out, "summary.csv"), [[r.get(k) for k in flat_keys] for r in all_rows], header=flat_keys)
     text = "\n".join(text_parts)

@@ -149,20 +149,33 @@ def prepare_study(config: Mapping[str, Any], name: str, *, device: torch.device,
     study = config["studies"][name]
     seed = config["seed"]
     bench_cfg = study["benchmark"]
-    try:
-        bundle = build_benchmark(bench_cfg, seed=seed)
-    except FileNotFoundError as err:
-        raise ConfigError([f"studies.{name}.benchmark: the data is not where the config says: {err}"]) from err
     model_cfg = study["model"]
     kind = model_cfg["kind"]
-    info: Dict[str, Any] = {"benchmark": bundle.name, "description": bundle.description, "n_experiences": bundle.n_experiences, "experiences": bundle.experience_names()}
+    backbone = None
+    inject: Dict[str, Any] = {}
+    if kind == "clip":
+        # built first: real-data benchmarks take the backbone's image preprocessing
+        backbone = build_clip_backbone(model_cfg, seed=derive_seed(seed, name, "init"))
+        inject = {"image_transform": backbone.preprocess_eval, "image_size": backbone.image_size}
+    try:
+        bundle = build_benchmark(bench_cfg, seed=seed, inject=inject)
+    except FileNotFoundError as err:
+        raise ConfigError([f"studies.{name}.benchmark: the data is not where the config says: {err}"]) from err
+    labels = [int(list(getattr(e, "task_labels", [0]))[0]) for e in bundle.scenario.test_stream]
+    info: Dict[str, Any] = {
+        "benchmark": bundle.name,
+        "description": bundle.description,
+        "n_experiences": bundle.n_experiences,
+        "experiences": bundle.experience_names(),
+        # one task label per experience: MTIL-style (Transfer/Avg/Last are meaningful)
+        "multi_task": len(set(labels)) == len(labels) > 1,
+    }
     probe = None
     if kind == "clip":
-        backbone = build_clip_backbone(model_cfg, seed=derive_seed(seed, name, "init"))
         if model_cfg["pretrain"]["enabled"]:
-            if bundle.reference is None:
+            if bundle.reference is None or not bundle.reference.paired:
                 raise ConfigError(
-                    [f"studies.{name}.model.pretrain.enabled: true, but benchmark {bundle.name!r} has no reference split to pretrain on"]
+                    [f"studies.{name}.model.pretrain.enabled: true, but benchmark {bundle.name!r} has no reference split of image-caption pairs to pretrain on"]
                 )
             key = pretrain_key(model_cfg, bundle.reference, seed)
             backbone, pinfo = pretrain_backbone(backbone, bundle.reference, model_cfg["pretrain"], seed=seed, key=key, progress=progress, log=log)
@@ -170,7 +183,10 @@ def prepare_study(config: Mapping[str, Any], name: str, *, device: torch.device,
         backbone.eval()
         model = clip_classifier(backbone, bundle, model_cfg)
         if study["evaluation"]["alignment"]:
-            probe = _probe_set(backbone, bundle, study["evaluation"]["probe_size"])
+            if bundle.reference is not None and bundle.reference.paired:
+                probe = _probe_set(backbone, bundle, study["evaluation"]["probe_size"])
+            else:
+                log(f"  studies.{name}.evaluation.alignment: the benchmark has no paired reference captions; alignment metrics are skipped")
     else:
         model = build_fusion_model(model_cfg, bundle, seed=derive_seed(seed, name, "init"))
     model.to(device)

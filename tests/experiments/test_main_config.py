@@ -38,16 +38,27 @@ def test_single_study_form_and_defaults():
     assert study["evaluation"]["initial"] is True
 
 
-def test_builtin_default_and_recipes_validate():
+def test_builtin_default_and_recipes_validate(tmp_path):
     from avalanche_mm.experiments.config import packaged_recipes, repo_recipes
 
     cfg = load_config(None)
     assert set(cfg["studies"]) == {"mtil", "av"}
     assert set(cfg["studies"]["mtil"]["strategies"]) >= {"zeroshot", "finetune", "lwf", "er", "wiseft", "zscl"}
-    for name, path in {**packaged_recipes(), **repo_recipes()}.items():
+    recipes = {**packaged_recipes(), **repo_recipes()}
+    assert {"default", "mtil/order-I-vitb16", "mtil/order-II-vitb16"} <= set(recipes)
+    for name, path in recipes.items():
         raw = yaml.safe_load(open(path))
-        if "data_root" in str(raw):  # real-data recipes: validate with an existing folder
-            raw = apply_overrides(raw, [f"studies.{s}.benchmark.data_root={os.getcwd()}" for s in raw.get("studies", {})])
+        for sname, study in raw.get("studies", {}).items():
+            bench = study["benchmark"]
+            if "data_root" in bench:  # real data: validate against a folder holding the named paths
+                assert "data_root: missing" in _errors(apply_overrides(raw, [f"studies.{sname}.benchmark.data_root=null"]))
+                bench["data_root"] = str(tmp_path)
+                ref = bench.get("reference") or {}
+                if ref.get("images"):
+                    (tmp_path / ref["images"]).mkdir(parents=True, exist_ok=True)
+                if ref.get("texts"):
+                    (tmp_path / ref["texts"]).parent.mkdir(parents=True, exist_ok=True)
+                    (tmp_path / ref["texts"]).write_text("a sentence\n")
         validate_config(raw)
 
 

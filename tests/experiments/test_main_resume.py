@@ -1,0 +1,92 @@
+"""A run killed mid-stream (SIGKILL) resumes and ends with the metrics of an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+import yaml
+
+from avalanche_mm.cli import main
+from avalanche_mm.experiments.runner import DEBUG_HANG_ENV
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CFG = {
+    "name": "resume",
+    "seed": 3,
+    "device": "cpu",
+    "progress_bar": False,
+    "checkpoints": {"keep": "last"},
+    "studies": {
+        "mtil": {
+            "benchmark": {
+                "name": "demo-mtil",
+                "params": {
+                    "world": {"seed": 0, "image_size": 32, "shapes": 4, "colours": 4, "textures": 2, "sizes": 2},
+                    "tasks": [{"name": "colours", "target": "colour"}, {"name": "shapes", "target": "shape"}],
+                    "train_per_class": 4,
+                    "test_per_class": 3,
+                    "reference_per_combination": 2,
+                },
+            },
+            "model": {"kind": "clip", "backbone": "demo-clip", "pretrain": {"enabled": True, "iterations": 2, "batch_size": 16}},
+            # 16 samples / batch 8 = 2 batches: 3 iterations span two epochs, so metrics are
+            # logged in the middle of an experience (the kill leaves uncommitted lines behind)
+            "training": {"iterations": 3, "batch_size": 8, "lr": 1e-3, "warmup": 1, "label_smoothing": 0.2},
+            "evaluation": {"alignment": True, "probe_size": 8},
+            "strategies": {"er": {"mem_size": 8}, "zscl": {"we_every": 2, "ref_batch_size": 4}},
+        }
+    },
+}
+DETERMINISTIC = lambda name: "Time" not in name and "Throughput" not in name  # noqa: E731
+
+
+def _records(out, strategy):
+    path = os.path.join(out, "mtil", strategy, "metrics.jsonl")
+    return [(r["name"], r["x_plot"], r["value"]) for r in map(json.loads, open(path)) if DETERMINISTIC(r["name"])]
+
+
+def _state(out, strategy):
+    st = json.load(open(os.path.join(out, "mtil", strategy, "state.json")))
+    return {k: st[k] for k in ("finished", "rows", "baseline", "unimodal", "scalars", "complete")}
+
+
+def test_killed_run_resumes_to_identical_metrics(tmp_path):
+    cfg_path = tmp_path / "resume.yaml"
+    cfg_path.write_text(yaml.safe_dump(CFG, sort_keys=False))
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    assert main(["run", str(cfg_path), "--output", straight, "--no-report"]) == 0
+
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env[DEBUG_HANG_ENV] = "mtil/zscl/1/2"  # hang in the 2nd experience of zscl, 3rd iteration
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "avalanche_mm.cli", "run", str(cfg_path), "--output", killed, "--no-report"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    marker = os.path.join(killed, ".debug-hang")
+    deadline = time.time() + 240
+    while not os.path.exists(marker):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "the run never reached the hang point"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+
+    st = json.load(open(os.path.join(killed, "mtil", "zscl", "state.json")))
+    assert st["finished"] == [0] and not st["complete"]
+    assert _state(killed, "er")["complete"]
+    jsonl = os.path.join(killed, "mtil", "zscl", "metrics.jsonl")
+    assert os.path.getsize(jsonl) > st["committed"]["metrics.jsonl"]  # uncommitted lines to drop
+
+    assert main(["run", str(cfg_path), "--output", killed]) == 0
+    for strategy in ("er", "zscl"):
+        assert _state(killed, strategy) == _state(straight, strategy), strategy
+        assert _records(killed, strategy) == _records(straight, strategy), strategy
+        a = torch.load(os.path.join(straight, "mtil", strategy, "checkpoints", "exp_001.pt"), weights_only=False)
+        b = torch.load(os.path.join(killed, "mtil", strategy, "checkpoints", "exp_001.pt"), weights_only=False)
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), strategy
+    assert os.listdir(os.path.join(killed, "mtil", "zscl", "checkpoints")) == ["exp_001.pt"]  # keep: last
