@@ -102,6 +102,39 @@ class MetricCollector(BaseLogger):
             self.values[str(mv.name)] = mv.value
 
 
+def _wandb_logger_class():
+    """Avalanche's ``WandBLogger`` made to work with the installed wandb.
+
+    Avalanche 0.6 calls ``wandb.util.generate_id`` and reads ``wandb.viz``, both
+    gone from recent wandb releases; this subclass sets the run id itself and
+    logs numbers (scalars, 0-d tensors) only.
+    """
+    import uuid
+
+    from avalanche.evaluation.metric_results import AlternativeValues
+    from avalanche.logging import WandBLogger
+    from torch import Tensor
+
+    class CompatWandBLogger(WandBLogger):
+        def before_run(self):
+            if self.wandb is None:
+                self.import_wandb()
+            self.init_kwargs = dict(self.init_kwargs or {})
+            self.init_kwargs.setdefault("id", os.environ.get("WANDB_RUN_ID") or uuid.uuid4().hex[:12])
+            self.wandb.init(**self.init_kwargs)
+
+        def log_single_metric(self, name, value, x_plot):
+            self.step = x_plot
+            if isinstance(value, AlternativeValues):
+                value = value.best_supported_value(float, int, Tensor)
+            if isinstance(value, Tensor) and value.dim() == 0:
+                value = value.item()
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.wandb.log({name: value}, step=self.step)
+
+    return CompatWandBLogger
+
+
 def make_loggers(names: List[str], folder: str, *, run_name: str, wandb_cfg: Mapping[str, Any], config: Mapping[str, Any]) -> List[BaseLogger]:
     """The Avalanche loggers named in a config, writing under ``folder``.
 
@@ -124,8 +157,7 @@ def make_loggers(names: List[str], folder: str, *, run_name: str, wandb_cfg: Map
         elif name == "interactive":
             out.append(InteractiveLogger())
         elif name == "wandb":
-            from avalanche.logging import WandBLogger
-
+            WandBLogger = _wandb_logger_class()
             os.environ.setdefault("WANDB_MODE", wandb_cfg.get("mode", "offline"))
             os.environ.setdefault("WANDB_SILENT", "true")
             wdir = os.path.join(folder, "wandb")
@@ -140,6 +172,7 @@ def make_loggers(names: List[str], folder: str, *, run_name: str, wandb_cfg: Map
                     dir=wdir,
                     path=os.path.join(folder, "wandb", "artifacts"),
                     config=dict(config),
+                    save_code=False,
                     params=params,
                 )
             )

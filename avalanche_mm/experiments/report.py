@@ -264,6 +264,12 @@ def _plt():
     return plt
 
 
+def MaxNLocator(**kwargs):  # noqa: N802 - matplotlib's name
+    from matplotlib.ticker import MaxNLocator as _M
+
+    return _M(**kwargs)
+
+
 def _save(fig, path: str) -> str:
     import io as _io
 
@@ -286,8 +292,9 @@ def plot_study(folder: str, study: str, states: Sequence[Mapping[str, Any]], nam
     n = len(done)
     cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
-    for ax, st in zip(axes.flat, done):
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.9 * rows), squeeze=False)
+    fig.subplots_adjust(wspace=0.55, hspace=0.6)
+    for k, (ax, st) in enumerate(zip(axes.flat, done)):
         A = _matrix(st) * 100
         full = np.full((st["n_experiences"], st["n_experiences"]), np.nan)
         full[: A.shape[0]] = A
@@ -299,7 +306,10 @@ def plot_study(folder: str, study: str, states: Sequence[Mapping[str, Any]], nam
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(len(names)))
-        ax.set_yticklabels([f"after {k}" for k in names], fontsize=7)
+        if k % cols == 0:
+            ax.set_yticklabels([f"after {n}" for n in names], fontsize=7)
+        else:
+            ax.set_yticklabels([])
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.7, label="accuracy (%)")
@@ -308,18 +318,21 @@ def plot_study(folder: str, study: str, states: Sequence[Mapping[str, Any]], nam
     plt.close(fig)
 
     # zero-shot transfer and seen accuracy over experiences
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig.subplots_adjust(wspace=0.25)
     for st in done:
         curve = np.array(transfer_curve(st)) * 100
         ax1.plot(range(-1, len(curve) - 1), curve, marker="o", label=st["strategy"])
         seen = np.array(seen_curve(st)) * 100
         ax2.plot(range(len(seen)), seen, marker="o", label=st["strategy"])
-    ax1.set_title("zero-shot transfer: accuracy on experiences not trained yet")
+    ax1.set_title("transfer: accuracy on experiences not trained yet", fontsize=10)
     ax1.set_xlabel("after experience (-1 = before training)")
     ax1.set_ylabel("accuracy (%)")
-    ax2.set_title("average accuracy on experiences seen so far")
+    ax2.set_title("average accuracy on experiences seen so far", fontsize=10)
     ax2.set_xlabel("after experience")
     ax2.legend(fontsize=7)
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     out["Transfer and seen accuracy over experiences"] = os.path.basename(
         _save(fig, os.path.join(folder, f"{study}_transfer.png"))
     )
@@ -327,16 +340,18 @@ def plot_study(folder: str, study: str, states: Sequence[Mapping[str, Any]], nam
 
     # per-modality accuracy over experiences
     if any(st.get("unimodal") and any(st["unimodal"]) for st in done):
-        mods = sorted({m for st in done for u in st.get("unimodal") or [] for m in u})
-        fig, axes = plt.subplots(1, len(mods), figsize=(3.6 * len(mods), 3.3), squeeze=False)
+        mods = sorted({m for st in done for u in st.get("unimodal") or [] for m in u}, key=lambda m: (m != "fused", m))
+        fig, axes = plt.subplots(1, len(mods), figsize=(3.8 * len(mods), 3.6), squeeze=False)
+        fig.subplots_adjust(wspace=0.35, top=0.8)
         for ax, m in zip(axes.flat, mods):
             for st in done:
                 c = modality_curves(st).get(m)
                 if c:
                     ax.plot(range(len(c)), np.array(c) * 100, marker="o", label=st["strategy"])
-            ax.set_title(f"{m}" + (" (all modalities)" if m == "fused" else " alone"))
+            ax.set_title("fused (all modalities)" if m == "fused" else f"{m} alone", fontsize=10)
             ax.set_xlabel("after experience")
             ax.set_ylabel("accuracy on seen (%)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.flat[0].legend(fontsize=7)
         fig.suptitle(f"{study}: per-modality accuracy over experiences")
         out["Per-modality accuracy over experiences"] = os.path.basename(
@@ -348,14 +363,22 @@ def plot_study(folder: str, study: str, states: Sequence[Mapping[str, Any]], nam
     keys = [k for k in ("DriftFromInit_modx_kl", "DriftFromInit_rotation_image", "DriftFromInit_rotation_text", "Align_ModalityGap")
             if any(k in s for st in done for s in st.get("scalars") or [])]
     if keys:
-        fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.3), squeeze=False)
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.8 * len(keys), 3.6), squeeze=False)
+        fig.subplots_adjust(wspace=0.3, top=0.8)
+        titles = {
+            "DriftFromInit_modx_kl": "KL of similarities vs initial",
+            "DriftFromInit_rotation_image": "image-space rotation vs initial (deg)",
+            "DriftFromInit_rotation_text": "text-space rotation vs initial (deg)",
+            "Align_ModalityGap": "modality gap",
+        }
         for ax, key in zip(axes.flat, keys):
             for st in done:
                 init = 0.0 if key.startswith("DriftFromInit_") else _num((st.get("baseline_scalars") or {}).get(key))
                 c = scalar_curve(st, key, initial=init)
                 ax.plot(range(-1, len(c) - 1), c, marker="o", label=st["strategy"])
-            ax.set_title(key.replace("DriftFromInit_", "drift from init: "), fontsize=9)
-            ax.set_xlabel("after experience")
+            ax.set_title(titles.get(key, key), fontsize=9)
+            ax.set_xlabel("after experience (-1 = before)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.flat[0].legend(fontsize=7)
         fig.suptitle(f"{study}: cross-modal alignment drift (probe set)")
         out["Alignment drift over experiences"] = os.path.basename(_save(fig, os.path.join(folder, f"{study}_alignment.png")))

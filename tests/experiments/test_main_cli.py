@@ -157,3 +157,17 @@ def test_missing_real_data_fails_before_any_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "studies.main.benchmark" in err and "DTD" in err
     assert not (out / "main").exists()  # nothing trained
+
+
+def test_wandb_offline_and_interactive_loggers(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = {"name": "wb", "device": "cpu", "progress_bar": False, "loggers": ["wandb", "interactive"],
+           "benchmark": {"name": "toy", "params": {"n_per_class": 4}},
+           "model": {"kind": "fusion", "name": "toy-fusion"},
+           "training": {"epochs": 1, "batch_size": 8, "lr": 0.01, "scheduler": "constant"},
+           "strategies": {"finetune": {}}}
+    out = tmp_path / "out"
+    assert main(["run", write_config(str(tmp_path), cfg), "--output", str(out), "--no-report"]) == 0
+    runs = [f for d, _, fs in os.walk(out / "main" / "finetune" / "wandb") for f in fs if f.endswith(".wandb")]
+    assert runs and os.path.getsize(os.path.join(str(out), "main", "finetune", "metrics.jsonl")) > 0
+    assert "Top1_Acc_Stream" in capsys.readouterr().out  # Avalanche's InteractiveLogger prints the metrics
