@@ -58,6 +58,27 @@ def _check_betas(value: List[float]) -> Optional[str]:
     return None
 
 
+EXPECTATION_KINDS = ("above_chance", "greater", "at_least")
+SUMMARY_METRICS = (
+    "transfer", "avg", "last", "forgetting", "bwt", "fwt", "avg_seen", "avg_incremental", "imbalance_index",
+)
+
+
+def _check_expectations(items: List[Any]) -> Optional[str]:
+    for i, item in enumerate(items):
+        kind = item.get("kind") if isinstance(item, Mapping) else None
+        if kind not in EXPECTATION_KINDS:
+            return f"expected items with kind in {EXPECTATION_KINDS} (item {i} has kind {kind!r})"
+        need = {"above_chance": ("study", "strategy"), "greater": ("study", "metric", "higher", "lower"),
+                "at_least": ("study", "metric", "strategy", "value")}[kind]
+        missing = [k for k in need if k not in item]
+        if missing:
+            return f"expected item {i} ({kind}) to give {', '.join(need)}; missing {', '.join(missing)}"
+        if "metric" in item and item["metric"] not in SUMMARY_METRICS and not str(item["metric"]).startswith("modality:"):
+            return f"expected item {i}'s metric in {SUMMARY_METRICS} or 'modality:<name>', got {item['metric']!r}"
+    return None
+
+
 TRAINING = Section(
     {
         "iterations": Opt(
@@ -242,6 +263,10 @@ SCHEMA = Section(
             {
                 "plots": Opt("bool", True, help="draw the plots"),
                 "html": Opt("bool", True, help="write report.html besides report.md"),
+                "expectations": Opt(
+                    "list", [], item="dict", check=_check_expectations,
+                    help="phenomena to check and print as yes/no (see docs/main-job.md)",
+                ),
             },
             help="the report",
         ),

@@ -387,6 +387,57 @@ def plot_study(folder: str, study: str, states: Sequence[Mapping[str, Any]], nam
 
 
 # ---------------------------------------------------------------------------
+# expected phenomena
+# ---------------------------------------------------------------------------
+def _metric(summary: Mapping[str, Any], metric: str) -> float:
+    if metric.startswith("modality:"):
+        return _num(summary.get("modalities", {}).get(metric.split(":", 1)[1]))
+    return _num(summary.get(metric))
+
+
+def check_expectations(items: Sequence[Mapping[str, Any]], summaries: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                       states: Mapping[str, Sequence[Mapping[str, Any]]], env: Mapping[str, Any]) -> List[Tuple[bool, str]]:
+    """Evaluate ``report.expectations`` -> ``[(holds, sentence with the numbers)]``.
+
+    Kinds: ``above_chance`` (the strategy's accuracy on experiences it has not
+    trained on - the initial row - is above the uniform-guess accuracy by
+    ``margin``, default 0.1), ``greater`` (``metric`` of ``higher`` > that of
+    ``lower``), ``at_least`` (``metric`` of ``strategy`` >= ``value``).
+    """
+    out = []
+    for item in items:
+        study, kind = item["study"], item["kind"]
+        text = item.get("description") or ""
+        sums = summaries.get(study, {})
+        if kind == "above_chance":
+            st = next((s for s in states.get(study, []) if s["strategy"] == item["strategy"]), None)
+            chance = env.get("studies", {}).get(study, {}).get("chance")
+            if st is None or st.get("baseline") is None or not chance:
+                out.append((False, f"{text or 'above chance'}: not measurable (no initial evaluation)"))
+                continue
+            acc, ch = _mean(st["baseline"]), float(np.mean(chance))
+            margin = float(item.get("margin", 0.1))
+            out.append((acc >= ch + margin, f"{text or 'zero-shot above chance'}: {item['strategy']} {100 * acc:.1f}% "
+                        f"before training vs {100 * ch:.1f}% chance"))
+        elif kind == "greater":
+            a, b = sums.get(item["higher"]), sums.get(item["lower"])
+            if a is None or b is None:
+                out.append((False, f"{text}: {item['higher']} or {item['lower']} has not run"))
+                continue
+            va, vb = _metric(a, item["metric"]), _metric(b, item["metric"])
+            scale = 1.0 if item["metric"] == "imbalance_index" else 100.0
+            out.append((va > vb, f"{text or item['metric']}: {item['higher']} {scale * va:.1f} vs {item['lower']} {scale * vb:.1f}"))
+        else:
+            a = sums.get(item["strategy"])
+            if a is None:
+                out.append((False, f"{text}: {item['strategy']} has not run"))
+                continue
+            v = _metric(a, item["metric"])
+            out.append((v >= float(item["value"]), f"{text or item['metric']}: {item['strategy']} {v:.3f} (>= {item['value']})"))
+    return out
+
+
+# ---------------------------------------------------------------------------
 # the report
 # ---------------------------------------------------------------------------
 def load_results(out: str) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, List[Dict[str, Any]]]]:
@@ -433,12 +484,14 @@ def build_report(out: str, *, log: Callable = print, plots: Optional[bool] = Non
         md += [cfg["description"], ""]
     htm: List[str] = []
     summary_md: List[str] = [f"# {cfg['name']}: summary"]
+    by_study: Dict[str, Dict[str, Dict[str, Any]]] = {}
     for sname, study in cfg["studies"].items():
         sts = states.get(sname, [])
         info = env.get("studies", {}).get(sname, {})
         names = info.get("experiences") or [f"exp{i}" for i in range(sts[0]["n_experiences"])] if sts else []
         summaries = [strategy_summary(st) for st in sts]
         all_rows.extend(summaries)
+        by_study[sname] = {s["strategy"]: s for s in summaries}
         title = study.get("title") or sname
         md += [f"## {title}", ""]
         md += [f"- benchmark: `{study['benchmark']['name']}`" + (f" - {info['description']}" if info.get("description") else "")]
@@ -480,6 +533,15 @@ def build_report(out: str, *, log: Callable = print, plots: Optional[bool] = Non
             mt_ = matrix_table(st, names)
             md += [f"**{st['strategy']}** ({st['method']})", "", md_table(mt_), ""]
             htm += [f"<h4>{html.escape(st['strategy'])} ({html.escape(st['method'])})</h4>", html_table(mt_)]
+    # expected phenomena
+    expectations = (cfg.get("report") or {}).get("expectations") or []
+    checks = check_expectations(expectations, by_study, states, env) if expectations else []
+    if checks:
+        lines = [f"[{'yes' if ok else 'NO '}] {text}" for ok, text in checks]
+        text_parts += ["Expected phenomena", "\n".join(lines), ""]
+        md += ["## Expected phenomena", ""] + [f"- {'yes' if ok else '**no**'}: {text}" for ok, text in checks] + [""]
+        summary_md += ["## Expected phenomena", "\n".join(f"- {'yes' if ok else 'no'}: {t}" for ok, t in checks)]
+        htm += ["<h2>Expected phenomena</h2><ul>"] + [f"<li>{'yes' if ok else '<b>no</b>'}: {html.escape(t)}</li>" for ok, t in checks] + ["</ul>"]
     # environment
     versions = env.get("versions", {})
     md += ["## Environment", "", f"- device: {env.get('device')}, threads: {env.get('torch_threads')}, seed: {env.get('seed')}",
@@ -509,7 +571,8 @@ def build_report(out: str, *, log: Callable = print, plots: Optional[bool] = Non
     if text:
         log(text)
     log(f"report: {os.path.join(out, 'report.md')} (and report.html, plots/, summary.csv)")
-    return {"rows": all_rows, "tables": text, "report": os.path.join(out, "report.md")}
+    return {"rows": all_rows, "tables": text, "report": os.path.join(out, "report.md"),
+            "expectations": [{"holds": ok, "text": t} for ok, t in checks]}
 
 
 __all__ = [
@@ -525,6 +588,7 @@ __all__ = [
     "md_table",
     "html_table",
     "plot_study",
+    "check_expectations",
     "load_results",
     "build_report",
 ]

@@ -169,6 +169,12 @@ def prepare_study(config: Mapping[str, Any], name: str, *, device: torch.device,
         "experiences": bundle.experience_names(),
         # one task label per experience: MTIL-style (Transfer/Avg/Last are meaningful)
         "multi_task": len(set(labels)) == len(labels) > 1,
+        # accuracy of a uniform guess on each test experience (among the classes a
+        # sample can be given: its task's for MTIL-style streams, all classes otherwise)
+        "chance": [
+            1.0 / max(1, len(e.classes_in_this_experience) if len(set(labels)) == len(labels) > 1 else len(bundle.class_names or []) or 1)
+            for e in bundle.scenario.test_stream
+        ],
     }
     probe = None
     if kind == "clip":

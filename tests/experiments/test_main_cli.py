@@ -16,6 +16,11 @@ TINY = {
     "progress_bar": True,
     "loggers": ["text", "csv", "tensorboard"],
     "checkpoints": {"keep": "all"},
+    "report": {"expectations": [
+        {"study": "mtil", "kind": "above_chance", "strategy": "zeroshot", "margin": -1.0, "description": "zs"},
+        {"study": "mtil", "kind": "greater", "metric": "avg", "higher": "zeroshot", "lower": "nope", "description": "missing"},
+        {"study": "av", "kind": "at_least", "metric": "modality:audio", "strategy": "er", "value": 2.0, "description": "too high"},
+    ]},
     "studies": {
         "mtil": {
             "benchmark": {
@@ -106,6 +111,8 @@ def test_results_folder_contents(finished_run, capsys):
     for text in ("| zscl | zscl |", "Transfer", "imbalance index", "KL drift from init", "plots/mtil_transfer.png"):
         assert text in report, text
     assert "<table>" in open(os.path.join(out, "report.html")).read()
+    assert "- yes: zs: zeroshot" in report and "- **no**: missing: zeroshot or nope has not run" in report
+    assert "- **no**: too high: er" in report
 
 
 def test_rerun_resumes_nothing_and_report_is_rebuilt(finished_run, tmp_path, capsys):
