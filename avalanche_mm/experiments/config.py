@@ -186,7 +186,6 @@ EVALUATION = Section(
         "per_modality": Opt("bool", False, help="per-modality accuracy / contribution / imbalance metrics"),
         "alignment": Opt("bool", False, help="cross-modal alignment and drift on a probe set (CLIP kind)"),
         "probe_size": Opt("int", 128, minimum=2, help="probe-set size for alignment metrics"),
-        "max_samples": Opt("int", None, nullable=True, minimum=1, help="cap on test samples per experience"),
     },
     help="what to measure",
 )
@@ -255,7 +254,7 @@ SCHEMA = Section(
         "wandb": WANDB,
         "checkpoints": Section(
             {
-                "keep": Opt("str", "last", choices=["all", "last"], help="keep every experience's checkpoint or the last"),
+                "keep": Opt("str", "all", choices=["all", "last"], help="keep every experience's checkpoint or only the last (enough to resume)"),
             },
             help="per-experience checkpoints (needed to resume)",
         ),

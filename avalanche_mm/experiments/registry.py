@@ -232,7 +232,7 @@ def list_benchmarks() -> Dict[str, str]:
     if reg is not None:
         listed = reg[0]()
         if isinstance(listed, Mapping):
-            out.update({k: str(v) for k, v in listed.items()})
+            out.update({k: str(getattr(v, "description", v)) for k, v in listed.items()})
         else:
             out.update({str(k): "" for k in listed})
     for name, fn in BUILTIN.items():

@@ -184,6 +184,7 @@ def prepare_study(config: Mapping[str, Any], name: str, *, device: torch.device,
                     [f"studies.{name}.model.pretrain.enabled: true, but benchmark {bundle.name!r} has no reference split of image-caption pairs to pretrain on"]
                 )
             key = pretrain_key(model_cfg, bundle.reference, seed)
+            backbone.to(device)
             backbone, pinfo = pretrain_backbone(backbone, bundle.reference, model_cfg["pretrain"], seed=seed, key=key, progress=progress, log=log)
             info["pretraining"] = pinfo
         backbone.eval()
@@ -373,7 +374,7 @@ def run_strategy(
     plugins += _debug_plugins(out, study_name, strategy_name)
     ctx = BuildContext(model=model, kind=prepared.kind, training=training, device=device, evaluator=evaluator, plugins=plugins, bundle=prepared.bundle, seed=seed)
     strategy = spec.build(ctx, {k: v for k, v in entry.items() if k not in ("method", "training")})
-    ckpt_dir = os.path.join(folder, "checkpoints")
+    workers = training["num_workers"]
     try:
         if state["finished"]:
             load_checkpoint(os.path.join(folder, state["checkpoint"]), strategy)
@@ -381,7 +382,7 @@ def run_strategy(
         elif prepared.cfg["evaluation"]["initial"]:
             seed_everything(derive_seed(seed, "initial-eval"))
             collector.clear()
-            strategy.eval(scenario.test_stream)
+            strategy.eval(scenario.test_stream, num_workers=workers)
             row, uni, scalars = _parse_eval(collector.values, n_exp)
             state["baseline"] = row
             state["baseline_unimodal"] = uni
@@ -390,10 +391,10 @@ def run_strategy(
         for k in range(start, n_exp):
             seed_everything(derive_seed(seed, "experience", k))
             t0 = time.time()
-            strategy.train(scenario.train_stream[k], eval_streams=[])
+            strategy.train(scenario.train_stream[k], eval_streams=[], num_workers=workers)
             t1 = time.time()
             collector.clear()
-            strategy.eval(scenario.test_stream)
+            strategy.eval(scenario.test_stream, num_workers=workers)
             t2 = time.time()
             row, uni, scalars = _parse_eval(collector.values, n_exp)
             state["rows"].append(row)
@@ -501,7 +502,10 @@ def run_experiment(
             continue
         log(f"preparing study {sname!r} ...")
         prepared[sname] = prepare_study(cfg, sname, device=device, log=log, progress=cfg["progress_bar"])
-    env["studies"] = {k: v.info for k, v in prepared.items()}
+    previous = read_json(os.path.join(out, "environment.json")) if os.path.exists(os.path.join(out, "environment.json")) else {}
+    studies_info = {k: v for k, v in (previous.get("studies") or {}).items() if k in cfg["studies"]}
+    studies_info.update({k: v.info for k, v in prepared.items()})  # --only keeps the other studies' info
+    env["studies"] = studies_info
     atomic_write_json(os.path.join(out, "environment.json"), env)
     for sname, stname in selected:
         log(f"[{sname}] {stname} ({cfg['studies'][sname]['strategies'][stname]['method']})")
