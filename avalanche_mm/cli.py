@@ -17,7 +17,8 @@ import argparse
 import os
 import sys
 import time
-from typing import List, Optional, Sequence
+import warnings
+from typing import Optional, Sequence
 
 LIST_WHAT = ("benchmarks", "strategies", "models", "metrics", "recipes", "options")
 
@@ -141,6 +142,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # under CPU contention OpenMP threads that spin-wait burn the cores they share
     # (10x slower steps measured on a busy 2-core machine); wait passively instead
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Avalanche 0.6's own ReplayPlugin calls its deprecated storage-policy API every experience
+    warnings.filterwarnings("ignore", message="Call to deprecated function update", category=DeprecationWarning)
     from avalanche_mm.experiments.config import ConfigError
 
     parser = _parser()

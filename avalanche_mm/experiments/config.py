@@ -201,13 +201,14 @@ def _strategy_entry(name: str, value: Any, key: str, errors: List[str]) -> Dict[
         errors.append(f"{key}: got {_show(value)}, expected a mapping of method parameters (or {{}})")
         return {}
     value = dict(value)
+    given = "method" in value
     method = value.pop("method", name)
     if not isinstance(method, str) or method not in METHODS:
         errors.append(
             f"{key}.method: got {method!r}, expected one of "
             + ", ".join(sorted(METHODS))
             + _suggest(method, sorted(METHODS))
-            + ("" if "method" in (value or {}) else f" (the strategy name '{name}' is used as the method when `method` is absent)")
+            + ("" if given else f" (the strategy name '{name}' is used as the method when `method` is absent)")
         )
         return {"method": method}
     training = value.pop("training", None)

@@ -10,7 +10,7 @@ section through :class:`BuildContext`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 from torch import nn

@@ -18,7 +18,6 @@ import time
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import fingerprint

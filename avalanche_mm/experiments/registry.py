@@ -250,10 +250,8 @@ def _factory(name: str) -> Optional[Callable]:
 
 
 def _signature_errors(fn: Callable, params: Mapping[str, Any], key: str) -> List[str]:
-    target = fn
-    reg = _package_registry()
     try:
-        sig = inspect.signature(target)
+        sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return []
     if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
@@ -267,7 +265,6 @@ def _signature_errors(fn: Callable, params: Mapping[str, Any], key: str) -> List
                 + ", ".join(known)
                 + _suggest(k, known)
             )
-    del reg
     return errors
 
 

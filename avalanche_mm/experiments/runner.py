@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
+from avalanche.core import SupervisedPlugin
 
 from .config import (
     ConfigError,
@@ -45,7 +46,6 @@ from .config import (
     load_config,
     strategy_fingerprint,
     strategy_training,
-    validate_config,
 )
 from .io import atomic_write_csv, atomic_write_json, atomic_write_text, read_json, truncate_file
 from .methods import METHODS, BuildContext
@@ -206,18 +206,18 @@ def prepare_study(config: Mapping[str, Any], name: str, *, device: torch.device,
 # ---------------------------------------------------------------------------
 # running one strategy
 # ---------------------------------------------------------------------------
-class _DebugHangPlugin:
-    """Hangs at a given iteration (used by the resume tests to kill a run mid-stream)."""
+class DebugHangPlugin(SupervisedPlugin):
+    """Hangs at a given training iteration, after writing a marker file.
+
+    Enabled by ``AVALANCHE_MM_DEBUG_HANG=study/strategy/experience/iteration``;
+    the resume tests use it to kill a run (SIGKILL) in the middle of an experience.
+    """
 
     stateless = True
 
     def __init__(self, marker: str, exp: int, iteration: int):
+        super().__init__()
         self.marker, self.exp, self.iteration, self.count = marker, exp, iteration, 0
-
-    def __getattr__(self, name):  # every other callback is a no-op
-        if name.startswith(("before_", "after_")):
-            return lambda *a, **k: None
-        raise AttributeError(name)
 
     def before_training_exp(self, strategy, **kwargs):
         self.count = 0
@@ -240,11 +240,7 @@ def _debug_plugins(out: str, study: str, strategy: str) -> List[Any]:
         raise ValueError(f"{DEBUG_HANG_ENV}={spec!r}: expected study/strategy/experience/iteration")
     if parts[0] != study or parts[1] != strategy:
         return []
-    from avalanche.core import SupervisedPlugin
-
-    plugin = _DebugHangPlugin(os.path.join(out, ".debug-hang"), int(parts[2]), int(parts[3]))
-    plugin.__class__ = type("DebugHangPlugin", (_DebugHangPlugin, SupervisedPlugin), {})
-    return [plugin]
+    return [DebugHangPlugin(os.path.join(out, ".debug-hang"), int(parts[2]), int(parts[3]))]
 
 
 def _metrics_for(prepared: PreparedStudy, model) -> List[Any]:
@@ -265,8 +261,12 @@ def _metrics_for(prepared: PreparedStudy, model) -> List[Any]:
         has_uni = hasattr(model, "last_unimodal_logits")
         out.extend(modality_imbalance_metrics(ogm_ge=has_uni))
     if ev["alignment"] and prepared.probe is not None:
-        out.append(CrossModalAlignment(prepared.probe, ks=(1, 5)))
-        out.append(DriftFromInitial(prepared.probe))
+        from avalanche_mm.strategies.finetune import find_backbone, logit_scale_of
+
+        with torch.no_grad():  # the KL terms use the model's own temperature
+            scale = float(logit_scale_of(find_backbone(prepared.initial_model)))
+        out.append(CrossModalAlignment(prepared.probe, ks=(1, 5), logit_scale=scale))
+        out.append(DriftFromInitial(prepared.probe, logit_scale=scale))
     flat: List[Any] = []
     for m in out:
         flat.extend(m if isinstance(m, (list, tuple)) else [m])

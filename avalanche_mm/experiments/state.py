@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from .io import atomic_torch_save, atomic_write_json, read_json
+from .io import atomic_write_json, read_json
 
 STATE_FILE = "state.json"
 STATE_VERSION = 1

@@ -243,7 +243,7 @@ class ZSCLPlugin(SupervisedPlugin):
             if n in self.start_weights
         ]
         if not terms:
-            return torch.zeros(())
+            return torch.zeros((), device=next(model.parameters()).device)
         return torch.stack(terms).sum()
 
     def before_backward(self, strategy, **kwargs):
