@@ -135,6 +135,14 @@ def _probe_set(backbone, bundle: BenchmarkBundle, size: int):
     if ref is None:
         return None
     n = min(size, len(ref))
+    if n < getattr(backbone, "embed_dim", 0):
+        import warnings
+
+        warnings.warn(
+            f"evaluation.probe_size={n} is below the embedding size {backbone.embed_dim}: the rotation "
+            "and deviation measures need at least as many probe pairs as dimensions to be meaningful.",
+            stacklevel=2,
+        )
     # spread the probe over the whole reference split (it is ordered by object)
     idx = torch.linspace(0, len(ref) - 1, n).round().long().unique()
     images = ref.images[idx]
