@@ -166,7 +166,7 @@ _POLICIES = ("experience_balanced", "class_balanced", "reservoir")
 
 
 def _build_er(ctx: BuildContext, p: Dict[str, Any]):
-    from avalanche.training.plugins import ReplayPlugin
+    from avalanche_mm.strategies.plugins import ReplayPlugin
     from avalanche.training.storage_policy import (
         ClassBalancedBuffer,
         ExperienceBalancedBuffer,

@@ -17,10 +17,10 @@ from __future__ import annotations
 from typing import List, Optional
 
 from avalanche.training import supervised as _sup
-from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.storage_policy import ExemplarsBuffer
 from avalanche.training.templates import SupervisedTemplate
 
+from .plugins import ReplayPlugin
 from .template import MultimodalTemplateMixin
 
 

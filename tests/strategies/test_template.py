@@ -119,3 +119,28 @@ def test_replay_rejects_inconsistent_sizes(bench):
 def test_unsupported_stock_strategy_explains_why():
     with pytest.raises(NotImplementedError, match="GenerativeReplay cannot train on multimodal"):
         GenerativeReplay(model=None)
+
+
+def test_replay_plugin_updates_buffer_without_deprecated_call(bench):
+    import warnings
+
+    from avalanche.training.storage_policy import ReservoirSamplingBuffer
+
+    from avalanche_mm.strategies.plugins import ReplayPlugin
+
+    s = _strategy(Replay, bench, mem_size=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        s.train(bench.train_stream[0])
+    assert len(s.replay_plugin.storage_policy.buffer) == 8
+
+    calls = []
+
+    class Custom(ReservoirSamplingBuffer):
+        def update(self, strategy, **kw):  # a policy that still overrides the old API
+            calls.append(strategy.experience.current_experience)
+            self.post_adapt(strategy, strategy.experience)
+
+    s2 = _strategy(Naive, bench, plugins=[ReplayPlugin(mem_size=4, storage_policy=Custom(max_size=4))])
+    s2.train(bench.train_stream[0])
+    assert calls == [0]
