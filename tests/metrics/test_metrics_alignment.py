@@ -172,3 +172,16 @@ def test_identical_models_give_zero_drift_and_common_rotation_keeps_similarities
 def test_invalid_inputs(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_inter_modal_deviation_is_zero_for_identical_models_with_few_probe_pairs():
+    # fewer pairs than dimensions: the two modalities span different subspaces
+    from avalanche_mm.metrics.functional.alignment import inter_modal_deviation
+
+    g = torch.Generator().manual_seed(3)
+    img = torch.randn(8, 64, generator=g)
+    txt = torch.randn(8, 64, generator=g)
+    assert inter_modal_deviation(img, img, txt, txt) < 1e-6
+    # rotating only the text modality is a deviation
+    q, _ = torch.linalg.qr(torch.randn(64, 64, generator=g))
+    assert inter_modal_deviation(img, img, txt, txt @ q) > 10.0

@@ -8,7 +8,7 @@ All computations run in float64 on the input's device.
 """
 
 import math
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -229,10 +229,23 @@ def _common_basis(mats: Sequence[Tensor], tol: float) -> Tensor:
     return vh[:rank].T  # [D, k], orthonormal columns
 
 
-def _procrustes(a: Tensor, b: Tensor) -> Tensor:
-    # argmin_{R orthogonal} ||a R - b||_F  =  U V^T  with  a^T b = U S V^T
-    u, _, vh = torch.linalg.svd(a.T @ b)
-    return u @ vh
+def _procrustes(a: Tensor, b: Tensor, null_tol: Optional[float] = None) -> Tensor:
+    # argmin_{R orthogonal} ||a R - b||_F  =  U V^T  with  a^T b = U S V^T.
+    # With ``null_tol``, singular directions below ``null_tol * s_max`` are not determined by
+    # the data; there R maps the left null space onto the right one by the orthogonal map
+    # closest to the identity (so directions a modality never visits do not rotate), while
+    # determined directions keep the exact solution.
+    m = a.T @ b
+    u, sv, vh = torch.linalg.svd(m)
+    if null_tol is None:
+        return u @ vh
+    k = int((sv > null_tol * sv[0]).sum()) if sv.numel() and sv[0] > 0 else 0
+    r = u[:, :k] @ vh[:k]
+    if k < m.shape[0]:
+        un, vn = u[:, k:], vh[k:].T
+        x, _, yh = torch.linalg.svd(un.T @ vn)
+        r = r + un @ (x @ yh) @ vn.T
+    return r
 
 
 def procrustes_rotation(x_old, x_new, *, tol: float = 1e-6) -> Tuple[Tensor, Tensor]:
@@ -305,6 +318,11 @@ def inter_modal_deviation(
     subspace; the deviation is the mean absolute eigen-angle (degrees) of ``R_img^T R_txt``. It is
     0 when both modalities rotated identically (cross-modal geometry preserved), whatever the
     common rotation, and grows as they rotate out of sync (Mod-X's "inter-modal deviation").
+
+    Directions of the common subspace that a modality's probe data does not visit are held
+    fixed, so identical models give 0 even with fewer probe pairs than dimensions; a rotation is
+    only identifiable within the span of the probe set, so use at least as many probe pairs as
+    embedding dimensions when comparing models that differ.
     """
     ia = l2_normalize(image_old, name="image_old")
     ib = l2_normalize(image_new, name="image_new")
@@ -319,8 +337,10 @@ def inter_modal_deviation(
             f"{ia.shape[0]}/{ib.shape[0]} image rows and {ta.shape[0]}/{tb.shape[0]} text rows"
         )
     basis = _common_basis([ia, ib, ta, tb], tol)
-    r_img = _procrustes(ia @ basis, ib @ basis)
-    r_txt = _procrustes(ta @ basis, tb @ basis)
+    # the common subspace is usually larger than either modality's own span: directions a
+    # modality does not visit stay put (identical models -> 0 even with few probe pairs)
+    r_img = _procrustes(ia @ basis, ib @ basis, null_tol=1e-4)
+    r_txt = _procrustes(ta @ basis, tb @ basis, null_tol=1e-4)
     return float(rotation_angles(r_img.T @ r_txt).mean())
 
 
