@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean-venv bench docs
+.PHONY: demo test install clean-venv bench
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/template_overhead.py
+	$(PY) benchmarks/world_generation.py
+	$(PY) benchmarks/metrics_overhead.py
+	$(PY) benchmarks/feature_cache.py
 
 clean-venv:
 	rm -rf $(VENV)
