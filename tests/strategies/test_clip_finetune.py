@@ -10,19 +10,6 @@ from avalanche.training.plugins import EvaluationPlugin
 
 from avalanche_mm.strategies import CLIPLwF, CLIPLwFPlugin, FineTune, IterationSchedulePlugin, ZeroShot
 
-WORLD = {"seed": 0, "image_size": 32, "shapes": 4, "colours": 4, "textures": 2, "sizes": 2}
-TASKS = [{"name": "colours", "target": "colour"}, {"name": "shapes", "target": "shape"}]
-
-
-@pytest.fixture(scope="module")
-def setup():
-    from avalanche_mm.experiments.registry import clip_classifier, demo_mtil
-    from avalanche_mm.models import build_backbone
-
-    bundle = demo_mtil(world=WORLD, tasks=TASKS, train_per_class=4, test_per_class=2, reference_per_combination=1)
-    model = clip_classifier(build_backbone("tiny-openclip", seed=0), bundle, {"freeze": ["logit_scale"]})
-    return bundle, model
-
 
 class Count(SupervisedPlugin):
     def __init__(self):
