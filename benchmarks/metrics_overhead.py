@@ -31,10 +31,13 @@ def _configs():
         ("unimodal acc (M=3)", lambda: modality_imbalance_metrics(
             contribution=False, imbalance_index=False, forgetting=False)),
         ("contribution (M=3)", lambda: modality_imbalance_metrics(
-            unimodal=False, imbalance_index=False, forgetting=False)),
+            unimodal=False, contribution=True, imbalance_index=False, forgetting=False)),
         ("default set (M=2)", lambda: modality_imbalance_metrics(modalities=two)),
         ("default set (M=3)", lambda: modality_imbalance_metrics()),
-        ("default + Shapley (M=3)", lambda: modality_imbalance_metrics(shapley=True)),
+        ("everything asked (M=3)", lambda: modality_imbalance_metrics(
+            contribution=True, imbalance_index=True)),
+        ("everything + Shapley (M=3)", lambda: modality_imbalance_metrics(
+            contribution=True, imbalance_index=True, shapley=True)),
     ]
 
 

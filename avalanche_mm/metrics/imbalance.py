@@ -12,6 +12,7 @@ metrics.
 """
 
 import itertools
+import warnings
 from typing import TYPE_CHECKING, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -130,6 +131,11 @@ class _AblationMetric(PluginMetric[Dict[str, float]]):
 
     base_name = "Ablation"
     needs_unimodal = False
+    #: when set, the metric stands aside (no passes, nothing logged, one warning) if the batch
+    #: has more analysed modalities than this; used by the default set to keep its cost at
+    #: one extra pass per modality (see :func:`modality_imbalance_metrics`)
+    skip_above: Optional[int] = None
+    _warned_skip = False
 
     def __init__(
         self,
@@ -227,10 +233,26 @@ class _AblationMetric(PluginMetric[Dict[str, float]]):
                 f"{mods} within one evaluation; pass `modalities` explicitly"
             )
         self._mods = mods
+        if self._skipped(mods):
+            return
         self._accumulate(strategy, self._exp, mods)
 
+    def _skipped(self, mods: List[str]) -> bool:
+        if self.skip_above is None or len(mods) <= self.skip_above:
+            return False
+        if not self._warned_skip:
+            self._warned_skip = True
+            warnings.warn(
+                f"{type(self).__name__} is off for {len(mods)} modalities in this default set: "
+                f"it would add {len(mods)} forward passes per minibatch on top of the unimodal "
+                "ones. Pass it explicitly (e.g. modality_imbalance_metrics(contribution=True, "
+                "imbalance_index=True)) to compute it anyway.",
+                stacklevel=2,
+            )
+        return True
+
     def _emit(self, strategy, counts: _Counts, exp_level: bool) -> Optional[List[MetricValue]]:
-        if counts.total == 0 or self._mods is None:
+        if counts.total == 0 or self._mods is None or self._skipped(self._mods):
             return None
         vals = self.values(counts, self._mods)
         self._last = dict(vals)
@@ -633,9 +655,9 @@ class OGMGERatio(PluginMetric[Dict[str, float]]):
 def modality_imbalance_metrics(
     *,
     unimodal: bool = True,
-    contribution: bool = True,
+    contribution: Optional[bool] = None,
     shapley: bool = False,
-    imbalance_index: bool = True,
+    imbalance_index: Optional[bool] = None,
     imbalance_source: str = "contribution",
     forgetting: bool = True,
     ogm_ge: bool = False,
@@ -644,15 +666,20 @@ def modality_imbalance_metrics(
 ) -> List[PluginMetric]:
     """The modality-imbalance metrics, sharing one :class:`ModalityAblation`.
 
-    With the defaults (unimodal accuracy, contributions, index from contributions, per-modality
-    forgetting) the evaluation costs ``M`` extra forward passes per minibatch for two
-    modalities and ``2M`` for more (the "only m" and "without m" ablations differ then).
-    ``shapley=True`` raises it to ``2**M - 1``.
+    The defaults cost at most one extra forward pass per modality per evaluated minibatch:
+    unimodal accuracy and per-modality forgetting always (``M`` passes, shared); contributions
+    and the imbalance index (from contributions) automatically when there are two modalities,
+    where "without m" is "only the other one" and they reuse the same passes. With three or more
+    modalities "only m" and "without m" differ, so contributions and the index would add ``M``
+    passes: they stand aside (with a warning) unless asked for with ``True``, which costs ``2M``.
+    ``shapley=True`` costs ``2**M - 1``.
 
     :param unimodal: add :class:`UnimodalAccuracy`.
-    :param contribution: add :class:`ModalityContribution`.
+    :param contribution: add :class:`ModalityContribution`; ``None`` (default) = only when it
+        is free (two modalities), ``True`` = always.
     :param shapley: add :class:`ModalityShapley` (at most 4 modalities).
-    :param imbalance_index: add :class:`ModalityImbalanceIndex`.
+    :param imbalance_index: add :class:`ModalityImbalanceIndex`; ``None`` (default) = as
+        ``contribution``'s default, ``True`` = always.
     :param imbalance_source: the index's ``source``.
     :param forgetting: add :class:`UnimodalForgetting`.
     :param ogm_ge: add :class:`OGMGERatio` (training-time; the model must expose
@@ -665,16 +692,18 @@ def modality_imbalance_metrics(
     out: List[PluginMetric] = []
     if unimodal:
         out.append(UnimodalAccuracy(modalities=modalities, ablation=ablation))
-    if contribution:
-        out.append(ModalityContribution(modalities=modalities, ablation=ablation))
+    if contribution is None or contribution:
+        metric = ModalityContribution(modalities=modalities, ablation=ablation)
+        metric.skip_above = 2 if contribution is None else None
+        out.append(metric)
     if shapley:
         out.append(ModalityShapley(modalities=modalities, ablation=ablation))
-    if imbalance_index:
-        out.append(
-            ModalityImbalanceIndex(
-                source=imbalance_source, modalities=modalities, ablation=ablation
-            )
+    if imbalance_index is None or imbalance_index:
+        metric = ModalityImbalanceIndex(
+            source=imbalance_source, modalities=modalities, ablation=ablation
         )
+        metric.skip_above = 2 if imbalance_index is None and imbalance_source == "contribution" else None
+        out.append(metric)
     if forgetting:
         out.append(
             UnimodalForgetting(modalities=modalities, ablation=ablation, stream_name=stream_name)

@@ -265,3 +265,28 @@ def test_imbalance_index_sources_match_their_definitions(bench):
     assert close(got["unimodal"], expected)
     # 7 distinct ablations (Shapley's subsets include every other source's), shared by all
     assert ablation.extra_passes == 7 * 1  # one evaluated minibatch of 8 samples
+
+
+@pytest.mark.parametrize("modalities, expected_passes, contribution_logged", [
+    (None, 3, False),                 # three modalities: unimodal passes only
+    (["image", "audio"], 2, True),    # two: contributions and index reuse the unimodal passes
+])
+def test_default_imbalance_set_costs_one_pass_per_modality(modalities, expected_passes, contribution_logged):
+    import warnings
+
+    from avalanche_mm.metrics import modality_imbalance_metrics
+
+    bench = toy_benchmark(n_experiences=2, n_classes=4, n_per_class=4)
+    metrics = modality_imbalance_metrics(modalities=modalities)
+    ablation = metrics[0].ablation
+    strategy = _naive(bench, EvaluationPlugin(*metrics, loggers=[]))
+    strategy.train(bench.train_stream[0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = strategy.eval(bench.test_stream[:1])
+    n_batches = -(-len(bench.test_stream[0].dataset) // 8)
+    assert ablation.extra_passes == expected_passes * n_batches
+    assert any(k.startswith("ModalityContribution_") for k in res) == contribution_logged
+    assert any(k.startswith("UnimodalAcc_") for k in res)
+    if not contribution_logged:
+        assert any("would add 3 forward passes" in str(w.message) for w in caught)

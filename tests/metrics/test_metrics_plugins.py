@@ -63,7 +63,7 @@ def run(tmp_path_factory):
     model = TinyVL(n_classes=4, vocab_size=bench.tokenizer.vocab_size, hidden=16)
     for p in model.audio.parameters():  # frozen part: trainable < total
         p.requires_grad_(False)
-    imbalance = modality_imbalance_metrics(shapley=True, ogm_ge=True)
+    imbalance = modality_imbalance_metrics(contribution=True, imbalance_index=True, shapley=True, ogm_ge=True)
     acc_matrix = AccuracyMatrix()
     retention = ZeroShotRetention(control, name="toyctl", batch_size=16)
     probe = ProbeSet(dataset=bench.test_stream[0].dataset, batch_size=16)
