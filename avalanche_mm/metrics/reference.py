@@ -15,20 +15,10 @@ notebook's output for each matrix, and ``PUBLISHED_TRANSFER_PER_DATASET`` the no
 per-dataset transfer row (datasets 2..11), all rounded to one decimal.
 """
 
-#: MTIL order I: the dataset of each row / column.
-MTIL_ORDER_I = [
-    "Aircraft",
-    "Caltech101",
-    "CIFAR100",
-    "DTD",
-    "EuroSAT",
-    "Flowers",
-    "Food",
-    "MNIST",
-    "OxfordPet",
-    "StanfordCars",
-    "SUN397",
-]
+from avalanche_mm.benchmarks.scenarios import MTIL_ORDER_I as _MTIL_ORDER_I
+
+#: MTIL order I: the dataset of each row / column (one definition, in the benchmarks layer).
+MTIL_ORDER_I = list(_MTIL_ORDER_I)
 
 ZERO_SHOT_ROW = [24.3, 88.4, 68.2, 44.6, 54.9, 71.0, 88.5, 59.4, 89.0, 64.7, 65.2]
 
