@@ -1,13 +1,13 @@
 """Multimodal strategies: the template mixin, drop-in twins of Avalanche's
 stock strategies, and the MMCL methods (one module per method)."""
 
-from .template import MultimodalTemplateMixin, is_multimodal_input
+from .template import MultimodalTemplateMixin, resolve_collate
 from .twins import *  # noqa: F401,F403
 from .twins import __all__ as _twins_all
 from .twins_advanced import *  # noqa: F401,F403
 from .twins_advanced import __all__ as _twins_advanced_all
 
-__all__ = ["MultimodalTemplateMixin", "is_multimodal_input"] + list(_twins_all) + list(_twins_advanced_all)
+__all__ = ["MultimodalTemplateMixin", "resolve_collate"] + list(_twins_all) + list(_twins_advanced_all)
 
 # CLIP-era methods of the main job (one module per method: plugin + strategy)
 from .finetune import FineTune, IterationSchedulePlugin  # noqa: E402

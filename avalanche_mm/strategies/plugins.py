@@ -75,30 +75,13 @@ from torch.utils.data import DataLoader
 
 from avalanche_mm.data.batch import MultimodalBatch, cat_batches, index_batch, to_device
 from avalanche_mm.data.dataset import MultimodalTensorDataset
+from avalanche_mm.strategies.template import resolve_collate
 from avalanche_mm.data.batch import batch_size as batch_rows
 
 
 # --------------------------------------------------------------------------
 # shared helpers
 # --------------------------------------------------------------------------
-def resolve_collate(dataset: Any, strategy: Any = None) -> Optional[Callable]:
-    """The collate function for a loader built by a plugin over ``dataset``.
-
-    The dataset's own ``collate_fn`` first (Avalanche datasets always carry
-    one; multimodal ones carry a :class:`~avalanche_mm.data.MultimodalCollate`),
-    then the strategy's ``default_collate_fn`` (see
-    :class:`~avalanche_mm.strategies.MultimodalTemplateMixin`), else None
-    (PyTorch's default collate).
-
-    :param dataset: the dataset the loader reads.
-    :param strategy: optional strategy, for its ``default_collate_fn``.
-    """
-    collate = getattr(dataset, "collate_fn", None)
-    if collate is None and strategy is not None:
-        collate = getattr(strategy, "default_collate_fn", None)
-    return collate
-
-
 def make_plugin_loader(
     dataset: Any,
     *,

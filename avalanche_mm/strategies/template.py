@@ -23,11 +23,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-import torch
 from torch.utils.data import DataLoader
 
 from avalanche_mm.data.batch import batch_size, to_device
-from avalanche_mm.data.collate import MultimodalCollate
 
 
 class MultimodalTemplateMixin:
@@ -50,11 +48,7 @@ class MultimodalTemplateMixin:
     # -- loaders ---------------------------------------------------------------
     def _resolve_collate(self, kwargs) -> Optional[Callable]:
         collate = kwargs.pop("collate_fn", None)
-        if collate is None:
-            collate = getattr(self.adapted_dataset, "collate_fn", None)
-        if collate is None:
-            collate = self.default_collate_fn
-        return collate
+        return collate if collate is not None else resolve_collate(self.adapted_dataset, self)
 
     def _loader_args(self, kwargs, **common):
         """Avalanche's common loader arguments plus the resolved collate and ffcv args."""
@@ -125,14 +119,23 @@ class MultimodalTemplateMixin:
         """Number of samples in the current minibatch (dict-aware)."""
         return batch_size(self.mb_x)
 
-    def buffer_collate_fn(self, dataset) -> Optional[Callable]:
-        """The collate to use for a loader built over ``dataset`` (e.g. a buffer)."""
-        return getattr(dataset, "collate_fn", None) or self.default_collate_fn
 
 
-def is_multimodal_input(x: Any) -> bool:
-    """True when ``x`` is a multimodal (dict-like) input rather than a tensor."""
-    return not isinstance(x, torch.Tensor)
+def resolve_collate(dataset: Any, strategy: Any = None) -> Optional[Callable]:
+    """The collate function for a loader built over ``dataset`` (train data, a buffer, ...).
+
+    The dataset's own ``collate_fn`` first (Avalanche datasets always carry one; multimodal
+    ones carry a :class:`~avalanche_mm.data.MultimodalCollate`), then the strategy's
+    ``default_collate_fn`` (see :class:`MultimodalTemplateMixin`), else None (PyTorch's
+    default collate).
+
+    :param dataset: the dataset the loader reads.
+    :param strategy: optional strategy, for its ``default_collate_fn``.
+    """
+    collate = getattr(dataset, "collate_fn", None)
+    if collate is None and strategy is not None:
+        collate = getattr(strategy, "default_collate_fn", None)
+    return collate
 
 
-__all__ = ["MultimodalTemplateMixin", "is_multimodal_input"]
+__all__ = ["MultimodalTemplateMixin", "resolve_collate"]

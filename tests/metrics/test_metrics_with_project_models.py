@@ -9,7 +9,6 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche_mm.data import make_multimodal_dataset
 from avalanche_mm.metrics import (
     CrossModalAlignment,
-    OGMGERatio,
     ProbeSet,
     ResultsLogger,
     modality_imbalance_metrics,
