@@ -73,7 +73,7 @@ def _print_map(title: str, items) -> None:
 def cmd_list(what: Optional[str]) -> int:
     from avalanche_mm.experiments import METHODS, list_benchmarks, list_models
     from avalanche_mm.experiments.config import SCHEMA, packaged_recipes, repo_recipes
-    from avalanche_mm.experiments.schema import describe
+    from avalanche_mm.schema import describe
 
     todo = [what] if what else list(LIST_WHAT[:-1])
     for w in todo:

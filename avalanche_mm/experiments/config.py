@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from .schema import REQUIRED, ConfigError, MapOf, Opt, Section, _show, _suggest
+from avalanche_mm.schema import REQUIRED, ConfigError, MapOf, Opt, Section, _show, _suggest
 
 LOGGERS = ("text", "tensorboard", "wandb", "csv", "interactive")
 MODEL_KINDS = ("clip", "fusion")
@@ -284,12 +284,16 @@ def default_config_path() -> str:
 
 
 def packaged_recipes() -> Dict[str, str]:
-    """Name -> path of the configs shipped in the package (``avalanche_mm/configs``)."""
-    folder = resources.files("avalanche_mm").joinpath("configs")
+    """Name -> path of the recipes shipped in the package (``avalanche_mm/configs``,
+    subfolders included: ``mtil/order-I-vitb16``)."""
+    folder = str(resources.files("avalanche_mm").joinpath("configs"))
     out = {}
-    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
-        if entry.name.endswith((".yaml", ".yml")):
-            out[entry.name.rsplit(".", 1)[0]] = str(entry)
+    for dirpath, dirs, files in os.walk(folder):
+        dirs.sort()
+        for f in sorted(files):
+            if f.endswith((".yaml", ".yml")):
+                rel = os.path.relpath(os.path.join(dirpath, f), folder).replace(os.sep, "/")
+                out[rel.rsplit(".", 1)[0]] = os.path.join(dirpath, f)
     return out
 
 

@@ -9,108 +9,10 @@ section through :class:`BuildContext`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Dict
 
-import torch
-from torch import nn
-
-from .schema import Opt
-
-
-@dataclass
-class BuildContext:
-    """Everything a method builder needs.
-
-    :ivar model: the (fresh) model to train.
-    :ivar kind: the model kind (``"clip"`` or ``"fusion"``).
-    :ivar training: the resolved training settings of this strategy.
-    :ivar device: the torch device.
-    :ivar evaluator: the ``EvaluationPlugin``.
-    :ivar plugins: extra plugins (progress bars, ...).
-    :ivar bundle: the benchmark bundle (reference set, class names, ...).
-    :ivar seed: the strategy's seed.
-    """
-
-    model: nn.Module
-    kind: str
-    training: Dict[str, Any]
-    device: torch.device
-    evaluator: Any
-    plugins: List[Any] = field(default_factory=list)
-    bundle: Any = None
-    seed: int = 0
-
-    def optimizer(self) -> torch.optim.Optimizer:
-        from avalanche_mm.strategies.finetune import make_clip_optimizer
-
-        t = self.training
-        return make_clip_optimizer(
-            self.model,
-            name=t["optimizer"],
-            lr=t["lr"],
-            weight_decay=t["weight_decay"],
-            betas=t["betas"],
-            momentum=t["momentum"],
-        )
-
-    def base_kwargs(self) -> Dict[str, Any]:
-        """``SupervisedTemplate`` arguments shared by every method."""
-        t = self.training
-        return {
-            "train_mb_size": t["batch_size"],
-            "eval_mb_size": t["eval_batch_size"],
-            "train_epochs": t["epochs"],
-            "device": self.device,
-            "evaluator": self.evaluator,
-        }
-
-    def schedule_kwargs(self) -> Dict[str, Any]:
-        """:class:`~avalanche_mm.strategies.FineTune` recipe arguments."""
-        t = self.training
-        return {
-            "iterations": t["iterations"],
-            "warmup": t["warmup"],
-            "schedule": t["scheduler"],
-            "label_smoothing": t["label_smoothing"],
-            "lr_per_experience": t["lr_per_experience"],
-            "reset_optimizer": t["reset_optimizer"],
-            "grad_clip": t["grad_clip"],
-        }
-
-    def schedule_plugin(self):
-        from avalanche_mm.strategies.finetune import IterationSchedulePlugin
-
-        kw = self.schedule_kwargs()
-        kw.pop("label_smoothing")
-        return IterationSchedulePlugin(**kw)
-
-    def criterion(self) -> nn.Module:
-        from avalanche_mm.strategies.finetune import MaskedCrossEntropyLoss
-
-        return MaskedCrossEntropyLoss(label_smoothing=self.training["label_smoothing"])
-
-
-@dataclass
-class MethodSpec:
-    """A method a config can name.
-
-    :ivar name: the config name.
-    :ivar summary: one line for ``avalanche-mm list``.
-    :ivar params: parameter name -> :class:`~avalanche_mm.experiments.schema.Opt`.
-    :ivar build: ``(ctx, params) -> strategy``.
-    :ivar model_kinds: model kinds the method supports.
-    :ivar trains: False for methods that never update the weights.
-    :ivar reference: the paper.
-    """
-
-    name: str
-    summary: str
-    params: Dict[str, Opt]
-    build: Callable[[BuildContext, Dict[str, Any]], Any]
-    model_kinds: Tuple[str, ...] = ("clip", "fusion")
-    trains: bool = True
-    reference: str = ""
+from avalanche_mm.schema import Opt
+from avalanche_mm.strategies.registry import METHODS, BuildContext, MethodSpec, list_methods
 
 
 # ---------------------------------------------------------------------------
@@ -247,7 +149,7 @@ def _build_zscl(ctx: BuildContext, p: Dict[str, Any]):
     )
 
 
-METHODS: Dict[str, MethodSpec] = {
+_LEGACY = {
     "zeroshot": MethodSpec(
         "zeroshot",
         "the pretrained model, never trained (zero-shot CLIP)",
@@ -318,9 +220,7 @@ METHODS: Dict[str, MethodSpec] = {
 }
 
 
-def list_methods() -> Dict[str, str]:
-    """Method name -> one-line summary."""
-    return {name: spec.summary for name, spec in METHODS.items()}
-
+for _name, _spec in _LEGACY.items():
+    METHODS.register(_name, _spec, source=__name__, summary=_spec.summary)
 
 __all__ = ["BuildContext", "MethodSpec", "METHODS", "list_methods"]

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .schema import _suggest
+from avalanche_mm.schema import _suggest
 
 
 @dataclass

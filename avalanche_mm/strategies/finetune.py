@@ -14,7 +14,7 @@ This module also holds small helpers shared by the CLIP methods
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -266,13 +266,16 @@ def make_clip_optimizer(
     weight_decay: float = 0.0,
     betas: Sequence[float] = (0.9, 0.999),
     momentum: float = 0.9,
+    params: Optional[Iterable[Any]] = None,
 ) -> torch.optim.Optimizer:
     """The optimizer of the recipes over the parameters that require gradients.
 
     :param model: the model (frozen parameters are left out).
     :param name: ``"adamw"``, ``"adam"`` or ``"sgd"``.
+    :param params: the parameters (or parameter groups) to optimise instead of
+        the model's trainable parameters.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     if not params:
         params = list(model.parameters())[:1]
     if name == "adamw":
