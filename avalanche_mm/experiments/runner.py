@@ -15,7 +15,7 @@ Results folder::
     OUT/report.{md,html}       the side-by-side report; OUT/plots/*.png
     OUT/metrics.jsonl          every metric value of every strategy
     OUT/<study>/<strategy>/    state.json, metrics.jsonl/.csv (ResultsLogger),
-                               accuracy_matrix.csv, log.txt, checkpoints/exp_NNN.pt,
+                               accuracy_matrix.csv, log.txt, checkpoints/exp_NNN.safetensors,
                                tb/, csv/, wandb/ (when those loggers are on)
 
 Every file is written atomically. A strategy's ``state.json`` lists its
@@ -58,6 +58,7 @@ from .registry import (
     clip_classifier,
 )
 from .state import (
+    confined_path,
     derive_seed,
     load_checkpoint,
     new_state,
@@ -383,9 +384,10 @@ def run_strategy(
     ctx = BuildContext(model=model, kind=prepared.kind, training=training, device=device, evaluator=evaluator, plugins=plugins, bundle=prepared.bundle, seed=seed)
     strategy = spec.build(ctx, {k: v for k, v in entry.items() if k not in ("method", "training")})
     workers = training["num_workers"]
+    sources = [e.dataset for e in scenario.train_stream]  # replay buffers are saved as indices into these
     try:
         if state["finished"]:
-            load_checkpoint(os.path.join(folder, state["checkpoint"]), strategy)
+            load_checkpoint(confined_path(folder, state["checkpoint"]), strategy, sources=sources)
             log(f"  {study_name}/{strategy_name}: resuming after experience {state['finished'][-1]}")
         elif prepared.cfg["evaluation"]["initial"]:
             seed_everything(derive_seed(seed, "initial-eval"))
@@ -413,8 +415,8 @@ def run_strategy(
             state["finished"].append(k)
             state["complete"] = k == n_exp - 1
             results_logger.close()
-            ckpt_rel = os.path.join("checkpoints", f"exp_{k:03d}.pt")
-            save_checkpoint(os.path.join(folder, ckpt_rel), strategy, extra={"experience": k, "fingerprint": fp})
+            ckpt_rel = os.path.join("checkpoints", f"exp_{k:03d}.safetensors")
+            save_checkpoint(os.path.join(folder, ckpt_rel), strategy, extra={"experience": k, "fingerprint": fp}, sources=sources)
             previous = state["checkpoint"]
             state["checkpoint"] = ckpt_rel
             for lg in loggers:
@@ -425,7 +427,7 @@ def run_strategy(
             write_state(folder, state)
             _write_matrix(folder, state, prepared.bundle.experience_names())
             if config["checkpoints"]["keep"] == "last" and previous and previous != ckpt_rel:
-                old = os.path.join(folder, previous)
+                old = confined_path(folder, previous)
                 if os.path.exists(old):
                     os.remove(old)
             log(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import random
 import zlib
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,8 @@ import torch
 from .io import atomic_write_json, read_json
 
 STATE_FILE = "state.json"
-STATE_VERSION = 1
+#: 2: checkpoints are safetensors + JSON (version 1 pickled them)
+STATE_VERSION = 2
 
 
 def derive_seed(seed: int, *parts: Any) -> int:
@@ -175,54 +176,64 @@ def materialize_dataset(dataset):
     return make_multimodal_dataset(columns, ys, task_labels=ts, specs=specs)
 
 
-def _pickle_module():
-    """A ``pickle`` look-alike whose Pickler materialises unpicklable datasets."""
-    import pickle
-    import types
+def confined_path(folder: str, relative: Any, *, what: str = "checkpoint") -> str:
+    """``folder/relative``, refusing paths that leave ``folder`` (absolute, ``..``, symlinks).
 
-    from avalanche.benchmarks.utils import AvalancheDataset
-
-    class Pickler(pickle.Pickler):
-        def reducer_override(self, obj):
-            if isinstance(obj, AvalancheDataset):
-                try:
-                    pickle.dumps(obj)
-                except (AttributeError, TypeError, pickle.PicklingError):
-                    return _identity, (materialize_dataset(obj),)
-            return NotImplemented
-
-    module = types.ModuleType("avalanche_mm_checkpoint_pickle")
-    module.__dict__.update({k: getattr(pickle, k) for k in dir(pickle) if not k.startswith("__")})
-    module.Pickler = Pickler
-    return module
-
-
-def _identity(x):
-    return x
+    Paths read from a results folder's state files are untrusted: an absolute
+    path or one climbing out of the folder would make a resume read any file.
+    """
+    if not isinstance(relative, str) or not relative or os.path.isabs(relative) or "\x00" in relative:
+        raise ValueError(
+            f"{os.path.join(folder, STATE_FILE)}: the {what} path {relative!r} is not a relative path inside "
+            "the strategy folder; the state file was edited or corrupted - delete that strategy's folder to rerun it."
+        )
+    root = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(root, relative))
+    if os.path.commonpath([root, path]) != root:
+        raise ValueError(
+            f"{os.path.join(folder, STATE_FILE)}: the {what} path {relative!r} leaves the strategy folder "
+            f"{folder}; refusing to read it - delete that strategy's folder to rerun it."
+        )
+    return path
 
 
-def save_checkpoint(path: str, strategy, extra: Optional[Dict[str, Any]] = None) -> str:
-    """Write a checkpoint of ``strategy`` atomically."""
+def _bound(strategy) -> Dict[str, Any]:
+    return {"model": strategy.model, "optimizer": strategy.optimizer}
+
+
+def save_checkpoint(path: str, strategy, extra: Optional[Dict[str, Any]] = None, *, sources: Sequence[Any] = ()) -> str:
+    """Write a checkpoint of ``strategy`` atomically (safetensors + JSON, no pickle).
+
+    :param path: the destination file (``.safetensors``).
+    :param strategy: the strategy after a finished experience.
+    :param extra: plain data stored beside the state.
+    :param sources: the benchmark's training experience datasets; replay
+        buffers made of their samples are stored as indices into them.
+    """
+    from .checkpoint import DatasetIndex, save_tree
+
     payload = strategy_state(strategy)
     payload["extra"] = dict(extra or {})
-    module = _pickle_module()
-    return _atomic_save(path, payload, module)
+    return save_tree(path, payload, index=DatasetIndex(sources), bound=_bound(strategy), kind="checkpoint")
 
 
-def _atomic_save(path: str, payload: Any, module) -> str:
-    from .io import _atomic
+def load_checkpoint(path: str, strategy, *, sources: Sequence[Any] = ()) -> Dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` into ``strategy``.
 
-    return _atomic(path, lambda fh: torch.save(payload, fh, pickle_module=module), binary=True)
+    Nothing in the file is executed: tensors come from safetensors, the rest
+    from JSON, and objects only of the ``avalanche``/``avalanche_mm`` packages
+    are recreated (without calling their constructors).
+    """
+    from .checkpoint import DatasetIndex, load_tree
 
-
-def load_checkpoint(path: str, strategy) -> Dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` into ``strategy``."""
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"checkpoint {path} is missing although the state file lists it; the results "
             "folder is incomplete - delete that strategy's folder to rerun it."
         )
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = load_tree(path, index=DatasetIndex(sources), bound=_bound(strategy), modules=[strategy.model], kind="checkpoint")
+    if not isinstance(payload, dict) or not {"model", "optimizer", "plugins", "metrics", "clock", "rng"} <= set(payload):
+        raise ValueError(f"checkpoint {path} does not hold a strategy state; delete that strategy's folder to rerun it.")
     load_strategy_state(strategy, payload)
     return payload.get("extra", {})
 
@@ -282,6 +293,8 @@ __all__ = [
     "load_strategy_state",
     "save_checkpoint",
     "load_checkpoint",
+    "confined_path",
+    "materialize_dataset",
     "new_state",
     "read_state",
     "write_state",

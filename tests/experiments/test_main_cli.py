@@ -94,7 +94,7 @@ def test_results_folder_contents(finished_run, capsys):
     assert zs["forgetting"] == 0 and zs["bwt"] == 0  # zero-shot never changes
     for s in ("zeroshot", "finetune", "lwf", "er", "wiseft", "zscl"):
         folder = os.path.join(out, "mtil", s)
-        assert sorted(os.listdir(os.path.join(folder, "checkpoints"))) == ["exp_000.pt", "exp_001.pt"]
+        assert sorted(os.listdir(os.path.join(folder, "checkpoints"))) == ["exp_000.safetensors", "exp_001.safetensors"]
         matrix = open(os.path.join(folder, "accuracy_matrix.csv")).read().splitlines()
         assert matrix[0] == "row,colours,shapes" and matrix[1].startswith("initial,") and len(matrix) == 4
         assert os.path.getsize(os.path.join(folder, "log.txt")) > 0

@@ -9,6 +9,7 @@ import time
 
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from avalanche_mm.cli import main
 from avalanche_mm.experiments.runner import DEBUG_HANG_ENV
@@ -61,6 +62,7 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
     assert main(["run", str(cfg_path), "--output", straight, "--no-report"]) == 0
 
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # same float reductions as this process
     env[DEBUG_HANG_ENV] = "mtil/zscl/1/2"  # hang in the 2nd experience of zscl, 3rd iteration
     proc = subprocess.Popen(
         [sys.executable, "-m", "avalanche_mm.cli", "run", str(cfg_path), "--output", killed, "--no-report"],
@@ -86,7 +88,7 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
     for strategy in ("er", "zscl"):
         assert _state(killed, strategy) == _state(straight, strategy), strategy
         assert _records(killed, strategy) == _records(straight, strategy), strategy
-        a = torch.load(os.path.join(straight, "mtil", strategy, "checkpoints", "exp_001.pt"), weights_only=False)
-        b = torch.load(os.path.join(killed, "mtil", strategy, "checkpoints", "exp_001.pt"), weights_only=False)
-        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), strategy
-    assert os.listdir(os.path.join(killed, "mtil", "zscl", "checkpoints")) == ["exp_001.pt"]  # keep: last
+        a = load_file(os.path.join(straight, "mtil", strategy, "checkpoints", "exp_001.safetensors"))
+        b = load_file(os.path.join(killed, "mtil", strategy, "checkpoints", "exp_001.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), strategy
+    assert os.listdir(os.path.join(killed, "mtil", "zscl", "checkpoints")) == ["exp_001.safetensors"]  # keep: last
