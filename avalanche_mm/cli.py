@@ -137,6 +137,14 @@ def cmd_check(args) -> int:
     return 0
 
 
+def _user_errors() -> tuple:
+    from avalanche_mm.experiments.checkpoint import CheckpointError
+    from avalanche_mm.experiments.lock import LockError
+    from avalanche_mm.experiments.state import RecordError
+
+    return (LockError, RecordError, CheckpointError)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``avalanche-mm`` command; returns the exit status."""
     # under CPU contention OpenMP threads that spin-wait burn the cores they share
@@ -163,6 +171,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as err:
         print(f"avalanche-mm: {err}", file=sys.stderr)
         return 2
+    except _user_errors() as err:  # a locked, damaged or foreign results folder: the message says what to do
+        print(f"avalanche-mm: {err}", file=sys.stderr)
+        return 3
     parser.error(f"unknown command {args.command!r}")
     return 2
 

@@ -9,6 +9,7 @@ are raised together in one :class:`ConfigError`, before anything is built.
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 REQUIRED = object()
@@ -75,7 +76,7 @@ class Opt:
         """Human description of what the option accepts."""
         what = {
             "int": "an integer",
-            "float": "a number",
+            "float": "a finite number",
             "bool": "true or false",
             "str": "a string",
             "list": f"a list{' of ' + self.item + 's' if self.item else ''}",
@@ -107,11 +108,11 @@ class Opt:
             if isinstance(value, bool):
                 return False, value
             if isinstance(value, (int, float)):
-                return True, float(value)
+                return math.isfinite(float(value)), float(value)
             if isinstance(value, str):
                 # PyYAML reads "1e-5" (no dot) as a string: accept numeric strings
                 try:
-                    return True, float(value)
+                    return math.isfinite(float(value)), float(value)
                 except ValueError:
                     return False, value
             return False, value

@@ -42,6 +42,8 @@ from avalanche_mm.schema import REQUIRED, ConfigError, MapOf, Opt, Section, _sho
 
 LOGGERS = ("text", "tensorboard", "wandb", "csv", "interactive")
 MODEL_KINDS = ("clip", "fusion")
+#: the fusion networks ``model.name`` can name (kind ``fusion``; built by registry.build_fusion_model)
+FUSION_MODELS = ("fusion", "toy-fusion")
 #: top-level keys that are moved under ``studies.main`` in the single-study form
 STUDY_KEYS = ("title", "benchmark", "model", "training", "evaluation", "strategies")
 
@@ -344,12 +346,24 @@ def resolve_config_source(source: Optional[str]) -> str:
 
 
 def read_yaml(path: str) -> Dict[str, Any]:
-    """Read a YAML mapping, with errors that name the file and line."""
+    """Read a YAML mapping, with errors that name the file and line.
+
+    Duplicate keys, non-UTF-8 text, folders and unreadable files are
+    :class:`ConfigError`\ s, not tracebacks.
+    """
+    from .safety import StrictYamlLoader
+
+    if os.path.isdir(path):
+        raise ConfigError([f"config: {path!r} is a folder, expected a YAML file (or a recipe name: avalanche-mm list recipes)"])
     try:
         with open(path, "r", encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = yaml.load(fh, Loader=StrictYamlLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         raise ConfigError([f"{path}: not valid YAML: {err}"]) from err
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the config as UTF-8"]) from err
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot be read ({err.strerror or err})"]) from err
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -463,6 +477,10 @@ def _check_study(sname: str, study: Dict[str, Any], errors: List[str]) -> None:
     kind = model.get("kind") if isinstance(model, dict) else None
     if kind == "fusion" and not model.get("name"):
         errors.append(f"{key}.model.name: missing, expected a fusion model name for kind 'fusion'")
+    elif kind == "fusion" and model.get("name") not in FUSION_MODELS:
+        errors.append(
+            f"{key}.model.name: got {model.get('name')!r}, expected one of " + ", ".join(FUSION_MODELS) + _suggest(model.get("name"), FUSION_MODELS)
+        )
     training = study.get("training") or {}
     for stname, entry in (study.get("strategies") or {}).items():
         if not isinstance(entry, dict) or entry.get("method") not in METHODS:
@@ -499,7 +517,18 @@ def load_config(
         where = resolve_config_source(source)
         data = read_yaml(where)
     data = apply_overrides(data, overrides)
-    return validate_config(data, source=where)
+    from .safety import non_finite_numbers
+
+    bad = non_finite_numbers(data)
+    if bad:
+        raise ConfigError([f"{k}: got {v!r}, expected a finite number" for k, v in bad], source=where)
+    cfg = validate_config(data, source=where)
+    from .safety import check_names
+
+    errors = check_names(cfg)
+    if errors:
+        raise ConfigError(errors, source=where)
+    return cfg
 
 
 def strategy_training(study: Mapping[str, Any], entry: Mapping[str, Any]) -> Dict[str, Any]:

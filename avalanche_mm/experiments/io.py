@@ -22,12 +22,28 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import torch
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status", "r", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: str, writer: Callable[[Any], None], *, binary: bool) -> str:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
+        # mkstemp creates 0600; give the file the mode open() would (0666 minus the umask)
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as fh:
             writer(fh)
             fh.flush()
@@ -180,4 +196,5 @@ __all__ = [
     "append_jsonl",
     "truncate_file",
     "read_jsonl",
+    "current_umask",
 ]

@@ -6,7 +6,7 @@ the procedural world's reference (pretraining) split - image-caption pairs of
 objects that never appear in the tasks - with CLIP's symmetric contrastive
 loss. The result is cached under ``$AVALANCHE_MM_CACHE`` (default
 ``~/.cache/avalanche_mm``) keyed by a hash of everything that determines it,
-and written atomically, so later runs (and every strategy) start from the
+and written atomically as safetensors + JSON (never a pickle), so later runs (and every strategy) start from the
 same weights in no time.
 """
 
@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from .config import fingerprint
-from .io import atomic_torch_save, atomic_write_json
+from .checkpoint import CheckpointError, load_tree, save_tree
+from .io import atomic_write_json
 from .registry import ReferenceSet
 from .state import derive_seed, seed_everything
 
@@ -71,6 +72,29 @@ def pretrain_key(model_cfg: Mapping[str, Any], reference: ReferenceSet, seed: in
     )
 
 
+def _load_cached(path: str, backbone: nn.Module, log) -> Optional[Dict[str, Any]]:
+    """The cached weights loaded into ``backbone`` (safetensors + JSON: nothing executed), or None.
+
+    A cache file that is corrupt, truncated, not ours or does not fit the
+    backbone is reported with a warning and recomputed (then overwritten).
+    """
+    import warnings
+
+    try:
+        payload = load_tree(path, kind="pretrained")
+        state, info = payload["state_dict"], payload.get("info", {})
+        if not isinstance(state, dict) or not isinstance(info, dict):
+            raise CheckpointError(f"{path}: malformed pretrained cache")
+        backbone.load_state_dict(state)
+    except (CheckpointError, KeyError, TypeError, RuntimeError, OSError) as err:
+        warnings.warn(f"ignoring the pretrained-backbone cache {path}: {err}; pretraining again (the file is overwritten).", stacklevel=3)
+        return None
+    info = dict(info)
+    info.update({"cache": path, "cached": True})
+    log(f"pretrained backbone loaded from the cache: {path}")
+    return info
+
+
 def pretrain_backbone(
     backbone: nn.Module,
     reference: ReferenceSet,
@@ -94,14 +118,11 @@ def pretrain_backbone(
         the final loss and the time spent.
     """
     folder = os.path.join(cache_root(cfg.get("cache_dir")), "pretrained")
-    path = os.path.join(folder, f"{backbone.name}-{key}.pt")
+    path = os.path.join(folder, f"{backbone.name}-{key}.safetensors")
     if os.path.exists(path):
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        backbone.load_state_dict(payload["state_dict"])
-        info = dict(payload.get("info", {}))
-        info.update({"cache": path, "cached": True})
-        log(f"pretrained backbone loaded from the cache: {path}")
-        return backbone, info
+        loaded = _load_cached(path, backbone, log)
+        if loaded is not None:
+            return backbone, loaded
     if len(reference) < 2:
         raise ValueError(f"pretraining needs at least 2 reference pairs, got {len(reference)}.")
     seed_everything(derive_seed(seed, "pretrain"))
@@ -149,8 +170,8 @@ def pretrain_backbone(
         "reference_pairs": len(reference),
         "key": key,
     }
-    atomic_torch_save(path, {"state_dict": backbone.state_dict(), "info": info})
-    atomic_write_json(path[:-3] + ".json", info)
+    save_tree(path, {"state_dict": dict(backbone.state_dict()), "info": info}, kind="pretrained")
+    atomic_write_json(path[: -len(".safetensors")] + ".json", info)
     info["cache"] = path
     log(f"pretrained the backbone in {info['seconds']:.1f}s (loss {info['final_loss']:.3f}); cached at {path}")
     return backbone, info

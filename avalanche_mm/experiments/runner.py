@@ -57,7 +57,9 @@ from .registry import (
     build_fusion_model,
     clip_classifier,
 )
+from .lock import RunLock, clean_orphan_temporaries
 from .state import (
+    committed_digests,
     confined_path,
     derive_seed,
     load_checkpoint,
@@ -65,6 +67,7 @@ from .state import (
     read_state,
     save_checkpoint,
     seed_everything,
+    verify_record,
     write_state,
 )
 
@@ -154,6 +157,7 @@ def _probe_set(backbone, bundle: BenchmarkBundle, size: int):
 def prepare_study(config: Mapping[str, Any], name: str, *, device: torch.device, log: Callable = print, progress: bool = True) -> PreparedStudy:
     """Build a study's benchmark and initial model (pretraining and caching when asked)."""
     from .pretrain import pretrain_backbone, pretrain_key
+    from .safety import build_checked
 
     study = config["studies"][name]
     seed = config["seed"]
@@ -164,7 +168,7 @@ def prepare_study(config: Mapping[str, Any], name: str, *, device: torch.device,
     inject: Dict[str, Any] = {}
     if kind == "clip":
         # built first: real-data benchmarks take the backbone's image preprocessing
-        backbone = build_clip_backbone(model_cfg, seed=derive_seed(seed, name, "init"))
+        backbone = build_checked(lambda: build_clip_backbone(model_cfg, seed=derive_seed(seed, name, "init")), key=f"studies.{name}.model")
         inject = {"image_transform": backbone.preprocess_eval, "image_size": backbone.image_size}
     try:
         bundle = build_benchmark(bench_cfg, seed=seed, inject=inject)
@@ -204,7 +208,7 @@ def prepare_study(config: Mapping[str, Any], name: str, *, device: torch.device,
             else:
                 log(f"  studies.{name}.evaluation.alignment: the benchmark has no paired reference captions; alignment metrics are skipped")
     else:
-        model = build_fusion_model(model_cfg, bundle, seed=derive_seed(seed, name, "init"))
+        model = build_checked(lambda: build_fusion_model(model_cfg, bundle, seed=derive_seed(seed, name, "init")), key=f"studies.{name}.model")
     model.to(device)
     n_total = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -358,8 +362,10 @@ def run_strategy(
                 "start over, or choose another --output"
             ]
         )
+    if state is not None:
+        verify_record(folder, state)  # finished strategies included: never keep a damaged record
     if state is not None and state["complete"]:
-        log(f"  {study_name}/{strategy_name}: already complete, kept")
+        log(f"  {study_name}/{strategy_name}: already complete, kept (record verified)")
         return state
     if state is None or not state["finished"]:
         state = new_state(study=study_name, strategy=strategy_name, method=entry["method"], fingerprint=fp, n_experiences=n_exp)
@@ -424,6 +430,7 @@ def run_strategy(
                 if fh is not None and hasattr(fh, "flush"):
                     fh.flush()
             state["committed"] = _committed_sizes(folder)
+            state["digests"] = committed_digests(folder, state["committed"])
             write_state(folder, state)
             _write_matrix(folder, state, prepared.bundle.experience_names())
             if config["checkpoints"]["keep"] == "last" and previous and previous != ckpt_rel:
@@ -457,14 +464,38 @@ def _write_matrix(folder: str, state: Mapping[str, Any], names: Sequence[str]) -
 # ---------------------------------------------------------------------------
 # the whole run
 # ---------------------------------------------------------------------------
+def _check_output(out: str) -> None:
+    """The results folder can be created and written (a clear error otherwise)."""
+    from .safety import check_output_folder
+
+    check_output_folder(out)
+
+
 def _prepare_output(out: str, fresh: bool) -> None:
-    if os.path.exists(out) and fresh:
-        if os.listdir(out) and not os.path.exists(os.path.join(out, "run.json")):
+    """With ``--fresh``, empty the (locked) results folder, keeping the lock file."""
+    from .lock import LOCK_FILE
+
+    if not fresh:
+        return
+    for entry in os.listdir(out):
+        if entry == LOCK_FILE:
+            continue
+        p = os.path.join(out, entry)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        else:
+            os.remove(p)
+
+
+def _refuse_foreign_folder(out: str, fresh: bool) -> None:
+    from .lock import LOCK_FILE
+
+    if fresh and os.path.isdir(out):
+        entries = [e for e in os.listdir(out) if e != LOCK_FILE]
+        if entries and not os.path.exists(os.path.join(out, "run.json")):
             raise ConfigError(
                 [f"--output {out!r}: the folder exists and is not an avalanche-mm results folder (no run.json); refusing to delete it with --fresh"]
             )
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
 
 
 def run_experiment(
@@ -490,8 +521,6 @@ def run_experiment(
     :param report: write the summary, plots and report at the end.
     :return: the summary: ``{"output": ..., "rows": [per (study, strategy) summary], "tables": text}``.
     """
-    from .report import build_report
-
     if isinstance(config, Mapping):
         cfg = load_config(raw=config, overrides=overrides)
     else:
@@ -499,11 +528,33 @@ def run_experiment(
     out = os.path.abspath(output_dir or cfg["output"] or os.path.join("results", cfg["name"]))
     device = resolve_device(cfg["device"])
     selected = _select(cfg, only)
-    _prepare_output(out, fresh)
+    _check_output(out)
+    _refuse_foreign_folder(out, fresh)
+    with RunLock(out, log=log):  # one run per results folder; released however the run ends
+        _prepare_output(out, fresh)
+        for tmp in clean_orphan_temporaries(out):
+            log(f"removed an orphan temporary file of an interrupted write: {tmp}")
+        env = environment(cfg, device)
+        run_info = {"status": "running", "output": out, "started": env["started"], "studies": list(cfg["studies"])}
+        atomic_write_json(os.path.join(out, "run.json"), run_info)
+        try:
+            return _run_locked(cfg, out, device, selected, env, run_info, log=log, report=report)
+        except BaseException as err:
+            run_info.update(
+                {
+                    "status": "interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
+                    "error": f"{type(err).__name__}: {err}"[:4000],
+                    "ended": datetime.datetime.now().isoformat(timespec="seconds"),
+                }
+            )
+            atomic_write_json(os.path.join(out, "run.json"), run_info)
+            raise
+
+
+def _run_locked(cfg, out: str, device, selected, env, run_info, *, log: Callable, report: bool) -> Dict[str, Any]:
+    from .report import build_report
+
     atomic_write_text(os.path.join(out, "config.yaml"), dump_yaml(cfg))
-    env = environment(cfg, device)
-    run_info = {"status": "running", "output": out, "started": env["started"], "studies": list(cfg["studies"])}
-    atomic_write_json(os.path.join(out, "run.json"), run_info)
     start = time.time()
     # build everything first: bad data roots or models fail before any training
     prepared: Dict[str, PreparedStudy] = {}

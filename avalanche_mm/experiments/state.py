@@ -12,6 +12,7 @@ experience ``k`` replays exactly the random stream of an uninterrupted run.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import zlib
@@ -261,6 +262,7 @@ def new_state(*, study: str, strategy: str, method: str, fingerprint: str, n_exp
         "train_seconds": [],
         "eval_seconds": [],
         "committed": {},
+        "digests": {},
         "checkpoint": None,
     }
 
@@ -270,13 +272,125 @@ def read_state(folder: str) -> Optional[Dict[str, Any]]:
     path = os.path.join(folder, STATE_FILE)
     if not os.path.exists(path):
         return None
-    state = read_json(path)
+    try:
+        state = read_json(path)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RecordError(f"{err}; {_remedy(folder)}.") from err
+    if not isinstance(state, dict):
+        raise RecordError(f"{path} does not hold a JSON object; {_remedy(folder)}.")
     if state.get("version") != STATE_VERSION:
-        raise ValueError(
+        raise RecordError(
             f"{path} has state version {state.get('version')}, this avalanche-mm writes "
             f"{STATE_VERSION}; rerun into a new --output folder."
         )
     return state
+
+
+class RecordError(ValueError):
+    """A results folder's record is truncated, corrupt or inconsistent (the message names the file and the remedy)."""
+
+
+def _remedy(folder: str) -> str:
+    return (
+        f"restore the file from a backup, or delete the folder {folder} to rerun that strategy "
+        "(the other strategies are kept), or rerun everything with --fresh"
+    )
+
+
+def file_digest(path: str, size: int) -> str:
+    """SHA-256 of the first ``size`` bytes of ``path``."""
+    import hashlib
+
+    h = hashlib.sha256()
+    left = size
+    with open(path, "rb") as fh:
+        while left > 0:
+            chunk = fh.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+def committed_digests(folder: str, committed: Dict[str, int]) -> Dict[str, str]:
+    """The digests of the committed part of each append-only file (stored in the state file)."""
+    return {f: file_digest(os.path.join(folder, f), n) for f, n in committed.items()}
+
+
+def _check_shape(folder: str, state: Dict[str, Any]) -> None:
+    path = os.path.join(folder, STATE_FILE)
+
+    def bad(what: str):
+        raise RecordError(f"{path}: {what}; the state file is corrupt - {_remedy(folder)}.")
+
+    n = state.get("n_experiences")
+    finished = state.get("finished")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        bad(f"n_experiences is {n!r}")
+    if not isinstance(finished, list) or finished != list(range(len(finished))) or len(finished) > n:
+        bad(f"finished is {finished!r}, expected 0, 1, ... up to {n - 1}")
+    for key in ("rows", "unimodal", "scalars", "train_seconds", "eval_seconds"):
+        if not isinstance(state.get(key), list) or len(state[key]) != len(finished):
+            bad(f"{key} holds {len(state.get(key) or [])} entries for {len(finished)} finished experiences")
+    if not isinstance(state.get("complete"), bool) or state["complete"] != (len(finished) == n and n > 0):
+        bad(f"complete is {state.get('complete')!r} with {len(finished)}/{n} experiences finished")
+    committed = state.get("committed")
+    if not isinstance(committed, dict) or not all(
+        isinstance(k, str) and os.path.basename(k) == k and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        for k, v in committed.items()
+    ):
+        bad(f"committed is {committed!r}")
+    digests = state.get("digests")
+    if finished and (not isinstance(digests, dict) or set(digests) != set(committed)):
+        bad("the digests of the committed files are missing")
+    if finished and not isinstance(state.get("checkpoint"), str):
+        bad(f"checkpoint is {state.get('checkpoint')!r}")
+
+
+def verify_record(folder: str, state: Dict[str, Any]) -> None:
+    """Check a strategy's whole record before resuming or keeping it.
+
+    The state file's shape, every committed append-only file (present, at
+    least as long as committed, the committed bytes unchanged: SHA-256), each
+    committed JSON-lines record, and the checkpoint (confined to the folder,
+    present for an unfinished strategy, a readable safetensors header). Raises
+    :class:`RecordError` naming the file and the remedy; never drops data.
+    """
+    from .checkpoint import CheckpointError, read_header
+
+    _check_shape(folder, state)
+    if not state["finished"]:
+        return
+    for f, size in state["committed"].items():
+        path = os.path.join(folder, f)
+        if not os.path.exists(path):
+            raise RecordError(f"{path} is missing but the state file says {size} bytes were committed; {_remedy(folder)}.")
+        actual = os.path.getsize(path)
+        if actual < size:
+            raise RecordError(f"{path} is truncated: {actual} bytes, {size} were committed; {_remedy(folder)}.")
+        if file_digest(path, size) != state["digests"].get(f):
+            raise RecordError(f"{path} was modified or corrupted after it was committed (SHA-256 mismatch); {_remedy(folder)}.")
+        if f.endswith(".jsonl"):
+            with open(path, "rb") as fh:
+                data = fh.read(size)
+            for i, line in enumerate(data.splitlines()):
+                try:
+                    json.loads(line.decode("utf-8")) if line.strip() else None
+                except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                    raise RecordError(f"{path}, line {i + 1}: not valid JSON ({err}); {_remedy(folder)}.") from err
+    try:
+        ckpt = confined_path(folder, state["checkpoint"])
+    except ValueError as err:
+        raise RecordError(str(err)) from err
+    if not os.path.exists(ckpt):
+        if not state["complete"]:
+            raise RecordError(f"checkpoint {ckpt} is missing although {os.path.join(folder, STATE_FILE)} lists it; {_remedy(folder)}.")
+        return
+    try:
+        read_header(ckpt)
+    except CheckpointError as err:
+        raise RecordError(f"{err}; {_remedy(folder)}.") from err
 
 
 def write_state(folder: str, state: Dict[str, Any]) -> None:
@@ -299,4 +413,7 @@ __all__ = [
     "read_state",
     "write_state",
     "STATE_FILE",
+    "RecordError",
+    "verify_record",
+    "committed_digests",
 ]
