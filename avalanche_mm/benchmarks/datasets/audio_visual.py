@@ -52,6 +52,7 @@ from ..scenarios import (
     gcil_scenario,
 )
 from ._common import DatasetFormatError, ImageFile, as_root, not_found, require
+from ._safety import load_npy
 
 AVCIL_PROTOCOLS: Dict[str, Dict[str, int]] = {
     "AVE": {"num_classes": 28, "num_steps": 4, "memory_size": 340},
@@ -73,9 +74,10 @@ _AVCIL_HOW = (
 
 def _load_npy_dict(path: Path, what: str) -> dict:
     try:
-        obj = np.load(path, allow_pickle=True)
+        # plain arrays: allow_pickle=False; pickled dicts: a data-only unpickler (no code runs)
+        obj = load_npy(path)
         obj = obj.item() if isinstance(obj, np.ndarray) and obj.dtype == object else obj
-    except (ValueError, OSError, EOFError, pickle.UnpicklingError) as err:
+    except (ValueError, OSError, EOFError, pickle.UnpicklingError, TypeError, AttributeError) as err:
         raise DatasetFormatError(f"{path}: cannot read {what} ({err}); the file is corrupt.") from err
     if not isinstance(obj, dict):
         raise DatasetFormatError(f"{path}: expected a pickled dict ({what}), got {type(obj).__name__}.")

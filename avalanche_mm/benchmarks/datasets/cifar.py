@@ -32,6 +32,8 @@ from ._common import (
     legacy_class_order,
     require,
 )
+from ._common import verify_checksums as verify_checksums_of
+from ._safety import guarded_torchvision, restricted_load
 
 CIFAR100_LAYOUT = """\
     <root>/cifar-100-python/train
@@ -46,11 +48,20 @@ _HOW = (
 CIFAR100_TEMPLATES = ("a bad photo of a {}.", "a photo of a {}.")
 
 
+#: published MD5 of the extracted files (as in torchvision's CIFAR100 and the dataset's page)
+CIFAR100_MD5 = {
+    "cifar-100-python/train": "16019d7e3df5f24257cddd939b257f8d",
+    "cifar-100-python/test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+    "cifar-100-python/meta": "7973b15100ade9c7d40fb424638fde48",
+}
+
+
 def _unpickle(path, dataset="CIFAR-100"):
+    """A CIFAR batch through the data-only unpickler (it cannot run code, whatever the file holds)."""
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
+            obj = restricted_load(f, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
         raise DatasetFormatError(
             f"{dataset}: {path} is not a readable CIFAR pickle ({err}); the file is corrupt or "
             "partial, delete it and download again."
@@ -60,18 +71,21 @@ def _unpickle(path, dataset="CIFAR-100"):
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
-def read_cifar100(root, *, download: bool = False):
+def read_cifar100(root, *, download: bool = False, verify_checksums: bool = True):
     """Read CIFAR-100: ``(train_images, train_labels, test_images, test_labels, names)``.
 
     Images are ``uint8 [N, 32, 32, 3]``; names are the fine class names with
-    underscores replaced by spaces.
+    underscores replaced by spaces. The files are pickles: their published
+    MD5s are checked first (``verify_checksums=False`` skips this for a custom
+    copy in the same format), and they are read by a data-only unpickler.
     """
     root = as_root(root, "CIFAR-100")
     if download:
         import torchvision
 
-        for train in (True, False):
-            torchvision.datasets.CIFAR100(str(root), train=train, download=True)
+        with guarded_torchvision():  # archive MD5 checked, extraction confined to root
+            for train in (True, False):
+                torchvision.datasets.CIFAR100(str(root), train=train, download=True)
     require(
         root,
         ["cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"],
@@ -79,6 +93,11 @@ def read_cifar100(root, *, download: bool = False):
         layout=CIFAR100_LAYOUT,
         how_to_get=_HOW,
     )
+    if verify_checksums:
+        try:
+            verify_checksums_of(root, CIFAR100_MD5, dataset="CIFAR-100")
+        except DatasetFormatError as err:
+            raise DatasetFormatError(f"{err}\n(For a custom copy in the CIFAR format, pass verify_checksums=False.)") from err
     meta = _unpickle(root / "cifar-100-python" / "meta")
     if "fine_label_names" not in meta:
         raise DatasetFormatError(
@@ -116,7 +135,8 @@ class _ArrayImage:
 
 
 def cifar100_datasets(
-    *, root, download: bool = False, image_size: int = 224, image_transform: Optional[Callable] = None
+    *, root, download: bool = False, image_size: int = 224, image_transform: Optional[Callable] = None,
+    verify_checksums: bool = True,
 ):
     """CIFAR-100 train/test as multimodal datasets with an ``image`` modality.
 
@@ -124,7 +144,7 @@ def cifar100_datasets(
     """
     from avalanche_mm.data import LazyModality
 
-    tr_x, tr_y, te_x, te_y, names = read_cifar100(root, download=download)
+    tr_x, tr_y, te_x, te_y, names = read_cifar100(root, download=download, verify_checksums=verify_checksums)
     img = ImageFile(size=image_size, transform=image_transform)
     train = make_multimodal_dataset(
         {"image": LazyModality(range(len(tr_y)), _ArrayImage(tr_x, img))}, tr_y
@@ -145,6 +165,7 @@ def cifar100_class_incremental(
     image_size: int = 224,
     image_transform: Optional[Callable] = None,
     validation_size: float = 0.0,
+    verify_checksums: bool = True,
 ) -> MultimodalScenario:
     """CIFAR-100 class-incremental for CLIP (10/20/50 steps, fixed class order).
 
@@ -155,6 +176,9 @@ def cifar100_class_incremental(
     :param image_size: side of the resized, centre-cropped images.
     :param image_transform: PIL -> tensor transform replacing the default.
     :param validation_size: fraction of each class in a ``valid`` stream.
+    :param verify_checksums: check the files' published MD5s before reading
+        them (False for a custom copy in the CIFAR format; it is still read
+        by a data-only unpickler).
     """
     if not isinstance(num_steps, int) or num_steps < 1 or 100 % num_steps:
         raise ValueError(
@@ -162,7 +186,8 @@ def cifar100_class_incremental(
             f"protocol), got {num_steps!r}."
         )
     train, test, names = cifar100_datasets(
-        root=root, download=download, image_size=image_size, image_transform=image_transform
+        root=root, download=download, image_size=image_size, image_transform=image_transform,
+        verify_checksums=verify_checksums,
     )
     order = legacy_class_order(100, 1993) if class_order is None else list(class_order)
     return class_incremental_scenario(

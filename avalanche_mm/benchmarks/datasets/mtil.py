@@ -160,7 +160,14 @@ def _targets_of(ds) -> List[int]:
 def _tv(name: str, root, factory: Callable, download: bool):
     """Build a torchvision dataset, turning its errors into a clear message."""
     try:
-        return factory(download)
+        if not download:
+            return factory(False)
+        from ._safety import guarded_torchvision
+
+        with guarded_torchvision():  # every archive MD5-checked before extraction, extraction confined
+            return factory(True)
+    except DatasetFormatError:
+        raise
     except (RuntimeError, FileNotFoundError, ValueError, OSError) as err:
         missing = missing_paths(root, _REQUIRED[name]) or ["(files present but unreadable)"]
         raise DatasetNotFoundError(
@@ -218,6 +225,7 @@ def load_mtil_dataset(
     image_transform: Optional[Callable] = None,
     test_fraction: float = 0.2,
     seed: int = 0,
+    verify_checksums: bool = True,
 ) -> TaskDataset:
     """Load one MTIL dataset as a :class:`~avalanche_mm.benchmarks.TaskDataset`.
 
@@ -228,6 +236,8 @@ def load_mtil_dataset(
     :param image_transform: PIL -> tensor transform replacing the default.
     :param test_fraction: test fraction for datasets without a test split.
     :param seed: seed of those splits.
+    :param verify_checksums: CIFAR-100 (a pickle format): check the published
+        MD5s of its files before reading them.
     """
     import torchvision.datasets as tvd
 
@@ -240,7 +250,7 @@ def load_mtil_dataset(
     if name == "CIFAR100":
         from .cifar import _ArrayImage
 
-        tr_x, tr_y, te_x, te_y, names = read_cifar100(root, download=download)
+        tr_x, tr_y, te_x, te_y, names = read_cifar100(root, download=download, verify_checksums=verify_checksums)
         train = make_multimodal_dataset(
             {"image": LazyModality(range(len(tr_y)), _ArrayImage(tr_x, image))}, tr_y)
         test = make_multimodal_dataset(
@@ -318,6 +328,7 @@ def mtil_benchmark(
     test_fraction: float = 0.2,
     seed: int = 0,
     validation_size: float = 0.0,
+    verify_checksums: bool = True,
 ):
     """MTIL: the 11 datasets in order I or II (or a custom list), test streams up front.
 
@@ -330,6 +341,7 @@ def mtil_benchmark(
     :param test_fraction: test fraction for Caltech101, EuroSAT and SUN397.
     :param seed: seed of those splits.
     :param validation_size: fraction of each class in a ``valid`` stream.
+    :param verify_checksums: check CIFAR-100's published MD5s before unpickling it.
     """
     if isinstance(order, str):
         if order not in ("I", "II"):
@@ -345,6 +357,7 @@ def mtil_benchmark(
                 load_mtil_dataset(
                     name, root=root, download=download, image_size=image_size,
                     image_transform=image_transform, test_fraction=test_fraction, seed=seed,
+                    verify_checksums=verify_checksums,
                 )
             )
         except DatasetNotFoundError as err:
