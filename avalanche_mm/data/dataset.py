@@ -174,6 +174,7 @@ def make_multimodal_dataset(
                 f"modality '{name}' has {len(col)} samples but there are {n} targets; every "
                 "modality needs one entry per sample (None where missing)."
             )
+        _check_finite(name, col)
         columns[name] = col
     for name, mask in (missing or {}).items():
         if name not in columns:
@@ -186,7 +187,9 @@ def make_multimodal_dataset(
                 f"missing['{name}'] has {len(mask)} entries, expected {n} (one per sample)."
             )
         columns[name] = _MaskedColumn(columns[name], mask)
-    if isinstance(task_labels, int):
+    if isinstance(task_labels, (int, np.integer)) and not isinstance(task_labels, (bool, np.bool_)):
+        if task_labels < 0:
+            raise ValueError(f"task_labels: got {int(task_labels)}, expected an integer >= 0.")
         tl_seq: Sequence[int] = ConstantSequence(int(task_labels), n)
     else:
         tl_seq = _int_list("task_labels", task_labels)
@@ -235,13 +238,54 @@ class _MaskedColumn:
 
 
 def _int_list(what: str, values) -> List[int]:
-    if isinstance(values, Tensor):
+    """Non-negative integer labels; floats, bools, strings and negatives raise (naming the sample)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise TypeError(f"{what} must be a sequence of non-negative ints, got {values!r:.80}.")
+    if isinstance(values, (Tensor, np.ndarray)):
+        dtype = values.dtype
+        is_int = (not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool) if isinstance(values, Tensor) else (
+            np.issubdtype(dtype, np.integer)
+        )
+        if not is_int:
+            raise TypeError(
+                f"{what} must hold integers, got a {type(values).__name__} of dtype {dtype}; convert the labels "
+                "to integer class indices (a float or bool label is not a class index)."
+            )
         values = values.tolist()
-    try:
-        out = [int(v) for v in values]
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{what} must be a sequence of ints, got {values!r:.80}.") from err
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, (Tensor, np.ndarray)) and getattr(v, "ndim", 1) == 0:
+            v = v.item()
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            extra = " (non-finite)" if isinstance(v, float) and not np.isfinite(v) else ""
+            raise TypeError(
+                f"{what}[{i}]: got {v!r}{extra} of type {type(v).__name__}, expected an integer class index >= 0 "
+                "(float, bool and string labels are not accepted; map them to integers first)."
+            )
+        if v < 0:
+            raise ValueError(f"{what}[{i}]: got {int(v)}, expected an integer >= 0.")
+        out.append(int(v))
     return out
+
+
+def _check_finite(name: str, col: Any) -> None:
+    """Raise naming the first sample of an in-memory column holding NaN or Inf (lazy columns are skipped)."""
+    if isinstance(col, Tensor):
+        if col.is_floating_point() or col.is_complex():
+            bad = ~torch.isfinite(col.reshape(len(col), -1)).all(dim=1) if len(col) and col.dim() > 0 else None
+            if bad is not None and bool(bad.any()):
+                i = int(bad.nonzero()[0, 0])
+                raise ValueError(
+                    f"sample {i}, modality '{name}': holds NaN or infinite values ({int(bad.sum())} samples in all); "
+                    "clean or drop them before building the dataset."
+                )
+        return
+    if isinstance(col, list):
+        for i, v in enumerate(col):
+            if isinstance(v, Tensor) and (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
+                raise ValueError(
+                    f"sample {i}, modality '{name}': holds NaN or infinite values; clean or drop it before building the dataset."
+                )
 
 
 def _infer_dataset_specs(base, tgroups, *, variable, pad_values, probe: int = 64):

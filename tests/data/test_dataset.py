@@ -109,7 +109,7 @@ def test_lazy_modality_loads_on_access(tmp_path):
         (dict(modalities={"a": ["txt", "txt"]}, targets=[0, 1]), TypeError, "tokenizers="),
         (dict(modalities={"a": torch.ones(2, 3)}, targets=[0, 1], missing={"b": [True, False]}), KeyError, "'b'"),
         (dict(modalities={"a": [torch.ones(2), torch.ones(3, dtype=torch.long)]}, targets=[0, 1]), TypeError, "dtype"),
-        (dict(modalities={"a": torch.ones(2, 3)}, targets=["x", "y"]), TypeError, "targets must be a sequence of ints"),
+        (dict(modalities={"a": torch.ones(2, 3)}, targets=["x", "y"]), TypeError, r"targets\[0\]: got .x. of type str"),
         (dict(modalities={"a": torch.ones(2, 3)}, targets=[0, 1], task_labels=[0]), ValueError, "task_labels has 1"),
     ],
 )
