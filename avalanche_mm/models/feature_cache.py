@@ -31,6 +31,7 @@ import hashlib
 import os
 import tempfile
 import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Union
@@ -237,8 +238,8 @@ class FrozenFeatureCache:
             return hit
         with self._lock(key):
             path = self.path_for(key)
-            if path.is_file():
-                feats = self._load(path, key)
+            feats = self._load(path, key, len(dataset)) if path.is_file() else None
+            if feats is not None:
                 self.stats["disk_hits"] += 1
             else:
                 feats = self._compute(
@@ -247,7 +248,7 @@ class FrozenFeatureCache:
                 )
                 self._save(path, feats, meta={
                     "n": len(feats), "encoder": _function_name(encoder), "modality": modality,
-                    "created": time.time(),
+                    "created": time.time(), "key": key,
                 })
                 self.stats["computed"] += 1
         self._remember(key, feats)
@@ -330,6 +331,9 @@ class FrozenFeatureCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
         try:
+            mask = os.umask(0o022)
+            os.umask(mask)
+            os.fchmod(fd, 0o666 & ~mask)  # a shared cache: the mode open() would give, not mkstemp's 0600
             with os.fdopen(fd, "wb") as fh:
                 torch.save({"features": features, "meta": meta, "version": _FORMAT_VERSION}, fh)
             os.replace(tmp, path)  # atomic: readers see the old state or the full file
@@ -338,13 +342,37 @@ class FrozenFeatureCache:
                 os.unlink(tmp)
             raise
 
-    def _load(self, path: Path, key: str) -> Tensor:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(blob, dict) or "features" not in blob:
-            raise ValueError(
-                f"cache file {path} is not a FrozenFeatureCache entry; delete it (key {key})."
-            )
-        return blob["features"]
+    def _load(self, path: Path, key: str, expected_rows: int) -> Optional[Tensor]:
+        """The cached features, or None (with a warning) when the file cannot be trusted.
+
+        The file is read with ``torch.load(weights_only=True)`` (tensors and
+        plain containers only) and checked: it must name this very key (the
+        fingerprint of encoder, weights and data) and hold one feature row per
+        sample. A short, truncated, corrupt or foreign file is recomputed and
+        overwritten.
+        """
+        why = None
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is recomputed (and reported)
+            why = f"unreadable ({type(err).__name__}: {str(err)[:200]})"
+            blob = None
+        if why is None:
+            meta = blob.get("meta") if isinstance(blob, dict) else None
+            feats = blob.get("features") if isinstance(blob, dict) else None
+            if not isinstance(feats, Tensor) or not isinstance(meta, dict):
+                why = "not a FrozenFeatureCache entry"
+            elif meta.get("key") != key:
+                why = f"written for another fingerprint ({str(meta.get('key'))[:12]}...)"
+            elif feats.dim() == 0 or len(feats) != expected_rows or meta.get("n") != expected_rows:
+                why = f"holds {len(feats) if feats.dim() else 0} feature rows for a dataset of {expected_rows} samples"
+            elif feats.is_floating_point() and not bool(torch.isfinite(feats).all()):
+                why = "holds NaN or infinite features"
+        if why is not None:
+            warnings.warn(f"FrozenFeatureCache: ignoring {path}: {why}; recomputing the features (the file is overwritten).", stacklevel=3)
+            self.stats["invalid"] = self.stats.get("invalid", 0) + 1
+            return None
+        return feats
 
     def _remember(self, key: str, feats: Tensor) -> None:
         if self.max_memory_entries == 0:
