@@ -112,8 +112,54 @@ class _Unsupported:
         )
 
 
+def _refuse_dicts(strategy, experiences) -> list:
+    """The experiences as a list; raise the multimodal error if one holds dict inputs."""
+    exps = [experiences] if hasattr(experiences, "dataset") else list(experiences)
+    for exp in exps:
+        ds = getattr(exp, "dataset", None)
+        if ds is not None and len(ds) and isinstance(ds[0][0], dict):
+            raise NotImplementedError(
+                f"{type(strategy).__name__} cannot train on multimodal (dict) inputs: {strategy.reason} "
+                "Use a supported twin (see avalanche_mm.strategies.SUPPORTED) or a multimodal "
+                "method from avalanche_mm.strategies. (On single-tensor data it is Avalanche's own class.)"
+            )
+    return exps
+
+
+class _StockOnTensors:
+    """Mixin over a stock Avalanche strategy: unchanged on tensor data, a clear error on dict data."""
+
+    reason = ""
+
+    def train(self, experiences, eval_streams=None, **kwargs):
+        exps = _refuse_dicts(self, experiences)
+        if eval_streams is not None:
+            for s in eval_streams:
+                _refuse_dicts(self, s)
+        return super().train(experiences if hasattr(experiences, "dataset") else exps, eval_streams=eval_streams, **kwargs)
+
+    def eval(self, exp_list, **kwargs):
+        exps = _refuse_dicts(self, exp_list)
+        return super().eval(exp_list if hasattr(exp_list, "dataset") else exps, **kwargs)
+
+
 def _unsupported(name: str, reason: str):
-    return type(name, (_Unsupported,), {"reason": reason, "__doc__": f"Unsupported: {reason}"})
+    """Avalanche's stock ``name`` (exactly, on tensor data) that refuses multimodal dict data.
+
+    Falls back to a class that always raises when this Avalanche has no such strategy.
+    """
+    import avalanche.training as stock_training
+
+    try:
+        stock = getattr(stock_training, name)
+    except (AttributeError, ImportError) as err:
+        why = f"{reason} (Avalanche's {name} is not available here: {err})"
+        return type(name, (_Unsupported,), {"reason": why, "__doc__": f"Unsupported: {why}", "__module__": __name__})
+    doc = (
+        f"Avalanche's :class:`avalanche.training.{name}`, unchanged on single-tensor data. On multimodal "
+        f"(dict) inputs ``train``/``eval`` raise ``NotImplementedError``: {reason}"
+    )
+    return type(name, (_StockOnTensors, stock), {"reason": reason, "__doc__": doc, "__module__": __name__})
 
 
 GenerativeReplay = _unsupported(
