@@ -36,7 +36,7 @@ CFG = {
     "studies": {
         "mtil": {
             "benchmark": {"name": "demo-mtil", "params": {
-                "world": {"seed": 0, "image_size": 16, "shapes": 3, "colours": 3, "textures": 1, "sizes": 1},
+                "world": {"seed": 0, "image_size": 32, "shapes": 3, "colours": 3, "textures": 2, "sizes": 2},
                 "tasks": [{"name": "colours", "target": "colour"}, {"name": "shapes", "target": "shape"}],
                 "train_per_class": 3, "test_per_class": 2, "reference_per_combination": 2}},
             "model": {"kind": "clip", "backbone": "demo-clip", "pretrain": {"enabled": True, "iterations": 2, "batch_size": 8}},
@@ -45,7 +45,7 @@ CFG = {
             "strategies": {"er": {"mem_size": 4}, "zscl": {"we_every": 2, "ref_batch_size": 4}, "lwf": {}},
         },
         "av": {
-            "benchmark": {"name": "demo-av", "params": {"world": {"seed": 1, "image_size": 8}, "num_classes": 4,
+            "benchmark": {"name": "demo-av", "params": {"world": {"seed": 1, "image_size": 8}, "num_classes": 6,
                                                          "num_experiences": 3, "train_per_class": 4, "test_per_class": 2}},
             "model": {"kind": "fusion", "name": "fusion", "params": {"hidden": 8, "conv_channels": [4]}, "freeze": []},
             "training": {"epochs": 2, "batch_size": 4, "lr": 1e-2, "scheduler": "constant"},

@@ -174,6 +174,8 @@ def prepare_study(config: Mapping[str, Any], name: str, *, device: torch.device,
         bundle = build_benchmark(bench_cfg, seed=seed, inject=inject)
     except FileNotFoundError as err:
         raise ConfigError([f"studies.{name}.benchmark: the data is not where the config says: {err}"]) from err
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError([f"studies.{name}.benchmark: cannot be built with these settings: {type(err).__name__}: {err}"]) from err
     labels = [int(list(getattr(e, "task_labels", [0]))[0]) for e in bundle.scenario.test_stream]
     info: Dict[str, Any] = {
         "benchmark": bundle.name,

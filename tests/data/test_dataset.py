@@ -126,3 +126,38 @@ def test_pair_dataset_targets_are_instance_ids():
     assert set(x) == {"image", "text"} and y == 1 and t == 2
     with pytest.raises(ValueError, match="3 images but 2 texts"):
         make_pair_dataset(torch.randn(3, 3, 4, 4), ["a", "b"], tokenizer=tok)
+
+
+@pytest.mark.parametrize(
+    "targets, error, match",
+    [
+        ([0.0, 1.0], TypeError, r"targets\[0\]: got 0.0 of type float"),
+        ([True, False], TypeError, r"targets\[0\]: got True of type bool"),
+        (["0", "1"], TypeError, r"of type str"),
+        ([0, -1], ValueError, r"targets\[1\]: got -1, expected an integer >= 0"),
+        ([0, float("nan")], TypeError, r"non-finite"),
+        (torch.tensor([0.0, 1.0]), TypeError, "dtype torch.float32"),
+        (np.array([True, False]), TypeError, "dtype bool"),
+    ],
+)
+def test_labels_must_be_non_negative_integers(targets, error, match):
+    with pytest.raises(error, match=match):
+        make_multimodal_dataset({"a": torch.ones(2, 3)}, targets)
+
+
+def test_task_labels_must_be_non_negative_integers():
+    with pytest.raises(ValueError, match="task_labels"):
+        make_multimodal_dataset({"a": torch.ones(2, 3)}, [0, 1], task_labels=-1)
+    with pytest.raises(ValueError, match=r"task_labels\[0\]: got -2"):
+        make_multimodal_dataset({"a": torch.ones(2, 3)}, [0, 1], task_labels=[-2, 0])
+    ds = make_multimodal_dataset({"a": torch.ones(2, 3)}, np.array([0, 1]), task_labels=torch.tensor([1, 1]))
+    assert list(ds.targets) == [0, 1]
+
+
+def test_non_finite_inputs_found_at_build():
+    x = torch.ones(4, 3)
+    x[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="sample 2, modality 'audio': holds NaN or infinite"):
+        make_multimodal_dataset({"image": torch.ones(4, 2), "audio": x}, [0, 1, 0, 1])
+    with pytest.raises(ValueError, match="sample 1, modality 'v'"):
+        make_multimodal_dataset({"v": [torch.ones(2), torch.tensor([float("inf")])]}, [0, 1])

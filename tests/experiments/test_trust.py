@@ -25,7 +25,7 @@ AV = {
 }
 CLIP = {
     "benchmark": {"name": "demo-mtil", "params": {
-        "world": {"seed": 0, "image_size": 16, "shapes": 2, "colours": 2, "textures": 1, "sizes": 1},
+        "world": {"seed": 0, "image_size": 32, "shapes": 2, "colours": 2, "textures": 2, "sizes": 2},
         "tasks": [{"name": "colours", "target": "colour"}, {"name": "shapes", "target": "shape"}],
         "train_per_class": 2, "test_per_class": 1, "reference_per_combination": 2}},
     "model": {"kind": "clip", "backbone": "demo-clip", "pretrain": {"enabled": True, "iterations": 1, "batch_size": 4}},
@@ -62,7 +62,7 @@ class _Stop(SupervisedPlugin):
 
 def _records(out, study="av", strategy="er"):
     path = os.path.join(out, study, strategy, "metrics.jsonl")
-    return [(r["name"], r["x_plot"], r["value"]) for r in map(json.loads, open(path)) if "Time" not in r["name"]]
+    return [(r["name"], r["x_plot"], r["value"]) for r in map(json.loads, open(path)) if "Time" not in r["name"] and "Throughput" not in r["name"]]
 
 
 class _Evil:
@@ -133,7 +133,7 @@ def test_second_run_refused_first_identical_to_lone_run(tmp_path, monkeypatch):
     assert refused and "in use by another run" in refused[0]
     assert _records(shared) == _records(lone)
     st_a, st_b = (json.load(open(os.path.join(o, "av", "er", "state.json"))) for o in (lone, shared))
-    assert st_a["rows"] == st_b["rows"] and st_a["committed"] == st_b["committed"]
+    assert st_a["rows"] == st_b["rows"] and st_a["finished"] == st_b["finished"]
 
 
 def test_stale_lock_recovered_and_tmp_cleaned_and_umask(tmp_path, monkeypatch):
@@ -176,7 +176,7 @@ def test_failed_build_recorded(tmp_path):
     out = str(tmp_path / "out")
     assert main(["run", _cfg(tmp_path, {"av": bad}), "--output", out]) == 2
     info = json.load(open(os.path.join(out, "run.json")))
-    assert info["status"] == "failed" and "hidden" in info["error"]
+    assert info["status"] == "failed" and "studies.av.model" in info["error"] and "lots" in info["error"]
 
 
 def test_clear_errors_for_bad_inputs(tmp_path, capsys):

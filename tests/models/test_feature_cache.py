@@ -171,3 +171,27 @@ def test_plugin_with_the_multimodal_naive_strategy(tmp_path):
     strategy.eval(scenario.test_stream)  # a second evaluation reads the cache
     assert enc.encoded == len(train) + len(test)
     assert cache.stats["memory_hits"] == len(scenario.test_stream)
+
+
+@pytest.mark.parametrize("damage", ["short", "truncated", "foreign"])
+def test_damaged_cache_file_is_recomputed_with_a_warning(tmp_path, damage):
+    enc, data = CountingEncoder(), _dataset()
+    cache = FrozenFeatureCache(root=tmp_path, max_memory_entries=0)
+    good = cache.get_or_compute(enc.encode, data)
+    path = cache.path_for(cache.make_key(enc.encode, data))
+    blob = torch.load(path, weights_only=True)
+    if damage == "short":  # 3 rows for a 10-sample dataset
+        blob["features"] = blob["features"][:3]
+        blob["meta"]["n"] = 3
+        torch.save(blob, path)
+    elif damage == "truncated":
+        raw = path.read_bytes()
+        path.write_bytes(raw[: len(raw) // 2])
+    else:  # a valid file written for another key
+        blob["meta"]["key"] = "0" * 40
+        torch.save(blob, path)
+    with pytest.warns(UserWarning, match="ignoring .* recomputing"):
+        again = cache.get_or_compute(enc.encode, data)
+    assert torch.equal(again, good) and enc.encoded == 20 and cache.stats["invalid"] == 1
+    assert torch.equal(FrozenFeatureCache(root=tmp_path).get_or_compute(enc.encode, data), good)  # overwritten
+    assert enc.encoded == 20

@@ -104,6 +104,7 @@ def test_gem_solver_projects_a_violated_constraint():
     plugin.after_backward(fake)
     projected = model.weight.grad.flatten()
     assert not torch.allclose(projected, g.flatten())
-    assert float(g_ref.flatten() @ projected) >= -1e-4  # no longer increases the old task's loss
+    # (GEM adds 1e-3 to the QP diagonal, as the authors do: the constraint holds to ~1e-3)
+    assert float(g_ref.flatten() @ projected) >= -2e-3  # no longer increases the old task loss
     # the closest such gradient: only the violating component is removed
-    assert torch.allclose(projected, torch.tensor([0.0, 1.0, 0.5]), atol=1e-3)
+    assert torch.allclose(projected, torch.tensor([0.0, 1.0, 0.5]), atol=2e-3)
