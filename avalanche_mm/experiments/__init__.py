@@ -13,6 +13,7 @@ from .config import ConfigError, load_config, validate_config
 from .methods import METHODS, list_methods
 from .registry import list_benchmarks, list_models
 from .report import build_report
+from . import retrieval as _retrieval  # noqa: F401  (registers world-retrieval-stream)
 from .runner import run_experiment
 
 __all__ = [

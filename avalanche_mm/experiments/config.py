@@ -475,9 +475,37 @@ def _check_study(sname: str, study: Dict[str, Any], errors: List[str]) -> None:
                 + f", but {key}.model.kind is {kind!r}"
             )
         merged = {**training, **{k: v for k, v in (entry.get("training") or {}).items()}}
+        if spec.check is not None and not errors:  # what the method needs (issue 14: pair methods)
+            errors.extend(_method_problems(spec, key, stname, entry, bench, model, merged, kind))
         lrs = merged.get("lr_per_experience")
         if lrs is not None and any((not isinstance(v, float)) or v < 0 for v in lrs):
             errors.append(f"{key}.strategies.{stname}.training.lr_per_experience: got {lrs!r}, expected numbers >= 0")
+
+
+#: the last offline benchmark built for method checks (one study at a time)
+_CHECK_BUNDLES: Dict[str, Any] = {}
+
+
+def _method_problems(spec, key, stname, entry, bench, model, training, kind) -> List[str]:
+    """``spec.check`` with a :class:`CheckContext`; the bundle is built for offline benchmarks only."""
+    from avalanche_mm.strategies.registry import CheckContext
+
+    from .registry import build_benchmark
+
+    bundle = None
+    if isinstance(bench, dict) and bench.get("data_root") is None and "root" not in (bench.get("params") or {}):
+        cache_key = repr(sorted(bench.items()))
+        if cache_key not in _CHECK_BUNDLES:
+            try:
+                _CHECK_BUNDLES.clear()
+                _CHECK_BUNDLES[cache_key] = build_benchmark(bench, seed=0)
+            except Exception:  # noqa: BLE001 - the benchmark's own errors are reported by check_benchmark/run
+                _CHECK_BUNDLES[cache_key] = None
+        bundle = _CHECK_BUNDLES[cache_key]
+    ctx = CheckContext(key=f"{key}.strategies.{stname}", kind=kind, model=model, benchmark=bench,
+                       training=training, bundle=bundle, model_key=f"{key}.model")
+    params = {k: v for k, v in entry.items() if k not in ("method", "training")}
+    return spec.problems(ctx, params)
 
 
 def load_config(

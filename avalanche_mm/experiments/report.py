@@ -533,6 +533,7 @@ def build_report(out: str, *, log: Callable = print, plots: Optional[bool] = Non
             mt_ = matrix_table(st, names)
             md += [f"**{st['strategy']}** ({st['method']})", "", md_table(mt_), ""]
             htm += [f"<h4>{html.escape(st['strategy'])} ({html.escape(st['method'])})</h4>", html_table(mt_)]
+    md_r, text_r, htm_r = __import__("avalanche_mm.experiments.retrieval", fromlist=["x"]).retrieval_report_section(out, cfg, env, states, plot_dir if do_plots else None); md += md_r; text_parts += text_r; htm += htm_r  # noqa: E501,E702  (retrieval studies, issue 14)
     # expected phenomena
     expectations = (cfg.get("report") or {}).get("expectations") or []
     checks = check_expectations(expectations, by_study, states, env) if expectations else []

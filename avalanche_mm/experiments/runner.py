@@ -47,6 +47,7 @@ from .config import (
     strategy_fingerprint,
     strategy_training,
 )
+from . import retrieval
 from .io import atomic_write_csv, atomic_write_json, atomic_write_text, read_json, truncate_file
 from .methods import METHODS, BuildContext
 from .progress import MetricCollector, ProgressBarPlugin, close_loggers, make_loggers
@@ -164,7 +165,7 @@ def prepare_study(config: Mapping[str, Any], name: str, *, device: torch.device,
     if kind == "clip":
         # built first: real-data benchmarks take the backbone's image preprocessing
         backbone = build_clip_backbone(model_cfg, seed=derive_seed(seed, name, "init"))
-        inject = {"image_transform": backbone.preprocess_eval, "image_size": backbone.image_size}
+        inject = {"image_transform": backbone.preprocess_eval, "image_size": backbone.image_size, "tokenizer": backbone.sample_tokenizer}
     try:
         bundle = build_benchmark(bench_cfg, seed=seed, inject=inject)
     except FileNotFoundError as err:
@@ -196,7 +197,7 @@ def prepare_study(config: Mapping[str, Any], name: str, *, device: torch.device,
             backbone, pinfo = pretrain_backbone(backbone, bundle.reference, model_cfg["pretrain"], seed=seed, key=key, progress=progress, log=log)
             info["pretraining"] = pinfo
         backbone.eval()
-        model = clip_classifier(backbone, bundle, model_cfg)
+        model = retrieval.build_retrieval_model(backbone, bundle, model_cfg) if retrieval.is_retrieval_bundle(bundle) else clip_classifier(backbone, bundle, model_cfg)
         if study["evaluation"]["alignment"]:
             if bundle.reference is not None and bundle.reference.paired:
                 probe = _probe_set(backbone, bundle, study["evaluation"]["probe_size"])
@@ -258,6 +259,8 @@ def _metrics_for(prepared: PreparedStudy, model) -> List[Any]:
 
     from .metrics import DriftFromInitial
 
+    if retrieval.is_retrieval_bundle(prepared.bundle):
+        return retrieval.retrieval_metrics(prepared, model)
     ev = prepared.cfg["evaluation"]
     out: List[Any] = [
         accuracy_metrics(experience=True, stream=True),
@@ -298,7 +301,7 @@ def _parse_eval(values: Mapping[str, Any], n_exp: int):
         if p["phase"] not in (None, "eval"):
             continue
         if exp is not None and p["stream"] == "test":
-            if metric == "Top1_Acc_Exp":
+            if metric in ("Top1_Acc_Exp", "RetrievalR1_Exp"):  # the latter: retrieval studies
                 row[exp] = v
             elif metric.startswith("UnimodalAcc_") and metric.endswith("_Exp"):
                 m = metric[len("UnimodalAcc_") : -len("_Exp")]
