@@ -464,6 +464,7 @@ def _check_study(sname: str, study: Dict[str, Any], errors: List[str]) -> None:
     if kind == "fusion" and not model.get("name"):
         errors.append(f"{key}.model.name: missing, expected a fusion model name for kind 'fusion'")
     training = study.get("training") or {}
+    clean = not errors  # method checks need a valid study (they may build its offline benchmark)
     for stname, entry in (study.get("strategies") or {}).items():
         if not isinstance(entry, dict) or entry.get("method") not in METHODS:
             continue
@@ -475,7 +476,7 @@ def _check_study(sname: str, study: Dict[str, Any], errors: List[str]) -> None:
                 + f", but {key}.model.kind is {kind!r}"
             )
         merged = {**training, **{k: v for k, v in (entry.get("training") or {}).items()}}
-        if spec.check is not None and not errors:  # what the method needs (issue 14: pair methods)
+        if spec.check is not None and clean:  # what the method needs (issue 14: pair methods)
             errors.extend(_method_problems(spec, key, stname, entry, bench, model, merged, kind))
         lrs = merged.get("lr_per_experience")
         if lrs is not None and any((not isinstance(v, float)) or v < 0 for v in lrs):
