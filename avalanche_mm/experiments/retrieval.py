@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from avalanche_mm.benchmarks.datasets import p9d as _p9d  # noqa: F401  (registers the p9d benchmark)
 from avalanche_mm.benchmarks.registry import register_benchmark
 
 from .registry import BenchmarkBundle, ReferenceSet, _apply_freeze

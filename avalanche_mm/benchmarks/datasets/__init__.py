@@ -31,6 +31,7 @@ from .audio_visual import (
 from .cifar import CIFAR100_TEMPLATES, cifar100_class_incremental, cifar100_datasets, read_cifar100
 from .mtil import MTIL_DATASETS, MTIL_LAYOUTS, MTIL_TEMPLATES, load_mtil_dataset, mtil_benchmark
 from .retrieval import coco_retrieval, flickr30k_retrieval, load_karpathy_pairs, read_karpathy_json
+from .p9d import P9D_ORDER, p9d, p9d_pairs  # issue 14 (CTP)
 from .uestc import load_uestc_mmea, uestc_mmea_cl
 
 __all__ = [
