@@ -317,8 +317,8 @@ class CTP(ContrastiveFineTune):
     def __init__(
         self,
         *,
-        momentum: Annotated[float, Range(ge=0.0, le=1.0)] = 0.9,
-        init_momentum: Annotated[float, Range(ge=0.0, le=1.0)] = 0.995,
+        momentum: float = 0.9,  # range checked by the method's check (message names the method)
+        init_momentum: float = 0.995,
         queue_size: Annotated[int, Range(ge=0)] = 1024,
         temperature: Annotated[float, Range(gt=0.0)] = 0.07,
         momentum_weight: Annotated[float, Range(ge=0.0)] = 1.0,
@@ -355,7 +355,8 @@ def _check(ctx, params: Dict) -> List[str]:
     for name in ("momentum", "init_momentum"):
         v = params.get(name)
         if v is not None and not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
-            out.append(f"{ctx.key}.{name}: ctp found {v!r}, needs a momentum in [0, 1] (0.9 in the paper)")
+            out.append(f"{ctx.key}.{name}: ctp found a momentum of {v!r}, needs one in [0, 1] "
+                       "(theta_m <- m theta_m + (1-m)/2 (theta + theta_prev); 0.9 in the paper)")
     q = params.get("queue_size", 1024)
     if out or ctx.bundle is None or not isinstance(q, int):
         return out

@@ -94,8 +94,19 @@ def last_pair_features(model: nn.Module) -> Tuple[Tensor, Tensor]:
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` in eval mode with no parameter requiring gradients."""
-    out = copy.deepcopy(model).eval()
+    """A deep copy of ``model`` in eval mode with no parameter requiring gradients
+    (the RetrievalHead's cached features of the last forward are not copied)."""
+    from avalanche_mm.models.zero_shot import RetrievalHead
+
+    heads = [m for m in model.modules() if isinstance(m, RetrievalHead)]
+    saved = [(h.last_image_features, h.last_text_features) for h in heads]
+    for h in heads:
+        h.last_image_features = h.last_text_features = None
+    try:
+        out = copy.deepcopy(model).eval()
+    finally:
+        for h, (i, t) in zip(heads, saved):
+            h.last_image_features, h.last_text_features = i, t
     for p in out.parameters():
         p.requires_grad_(False)
     return out

@@ -83,7 +83,7 @@ def test_run_each_pair_method_and_resume(tmp_path, capsys):
     "override,expected",
     [
         ("studies.pairs.strategies.ctp.queue_size=4096", ["ctp", "queue of 4096", "queue_size <="]),
-        ("studies.pairs.strategies.ctp.momentum=1.5", ["momentum", "1.5"]),
+        ("studies.pairs.strategies.ctp.momentum=1.5", ["ctp", "momentum of 1.5", "[0, 1]"]),
     ],
 )
 def test_check_refuses_bad_pair_settings(tmp_path, capsys, override, expected):
