@@ -48,6 +48,25 @@ TEMPLATE_ARGS = (
 MODEL_KINDS = ("clip", "fusion")
 
 
+def accepted_arguments(cls: Any) -> set:
+    """The keyword arguments ``cls(...)`` accepts: its ``__init__``'s, and, while an
+    ``__init__`` forwards ``**kwargs``, those of the next class up the MRO."""
+    names: set = set()
+    for klass in getattr(cls, "__mro__", (cls,)):
+        init = klass.__dict__.get("__init__") if isinstance(klass, type) else getattr(klass, "__init__", None)
+        if init is None or init is object.__init__:
+            continue
+        try:
+            params = inspect.signature(init).parameters
+        except (TypeError, ValueError):
+            break
+        names |= {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            break
+    names.discard("self")
+    return names
+
+
 @dataclass
 class BuildContext:
     """Everything a method builder needs.
@@ -114,7 +133,7 @@ class BuildContext:
         """Template + recipe arguments that ``strategy_cls`` accepts: model, optimizer,
         plugins, batch sizes, device, evaluator, and (when accepted) the iteration
         schedule and the criterion."""
-        accepted = set(inspect.signature(strategy_cls.__init__).parameters)
+        accepted = accepted_arguments(strategy_cls)
         kw: Dict[str, Any] = {"model": self.model, "optimizer": self.optimizer(), "plugins": list(self.plugins)}
         kw.update(self.base_kwargs())
         sched = self.schedule_kwargs()
@@ -297,4 +316,5 @@ __all__ = [
     "TEMPLATE_ARGS",
     "register_method",
     "list_methods",
+    "accepted_arguments",
 ]
