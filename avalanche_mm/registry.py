@@ -257,7 +257,10 @@ def _opt_from_annotation(name: str, annotation: Any, default: Any, help: str) ->
             check = rng.check
             minimum = rng.gt if minimum is None and rng.gt is not None else minimum
             maximum = rng.lt if maximum is None and rng.lt is not None else maximum
-    return Opt(kind, default, choices=choices, nullable=nullable, minimum=minimum, maximum=maximum, item=item, check=check, help=help)
+    opt = Opt(kind, default, choices=choices, nullable=nullable, minimum=minimum, maximum=maximum, item=item, check=check, help=help)
+    if rng is not None:
+        opt.exclusive = (rng.ge is None and rng.gt is not None, rng.le is None and rng.lt is not None)
+    return opt
 
 
 _PARAM_RE = re.compile(r":param\s+(\w+):(.*?)(?=\n\s*:[a-z]+[\s:]|\n\s*\n|\Z)", re.S)

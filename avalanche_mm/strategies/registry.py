@@ -302,6 +302,43 @@ def register_method(
     return deco
 
 
+#: extra plugins a config can add to every strategy (``plugins: [name, ...]``): name ->
+#: ``factory(ctx: PluginContext) -> SupervisedPlugin or None``; other distributions
+#: (and tests) add theirs through the entry-point group ``avalanche_mm.plugins``
+PLUGINS: Registry = Registry("plugin")
+
+
+@dataclass
+class PluginContext:
+    """What a plugin factory of :data:`PLUGINS` sees.
+
+    :ivar study: the study name.
+    :ivar strategy: the strategy's display name.
+    :ivar output: the run's results folder.
+    :ivar folder: the strategy's results folder.
+    """
+
+    study: str
+    strategy: str
+    output: str
+    folder: str
+
+
+def register_plugin(name: str, *, summary: str = ""):
+    """Decorator registering ``factory(ctx: PluginContext) -> plugin or None`` as ``name``.
+
+    :param name: the name a config's ``plugins`` list uses.
+    :param summary: one line.
+    """
+
+    def deco(factory):
+        doc = (factory.__doc__ or "").strip().splitlines()
+        PLUGINS.register(name, factory, source=factory.__module__, summary=summary or (doc[0] if doc else name))
+        return factory
+
+    return deco
+
+
 def list_methods() -> Dict[str, str]:
     """Method name -> one-line summary."""
     return {name: spec.summary for name, spec in METHODS.items()}
@@ -317,4 +354,7 @@ __all__ = [
     "register_method",
     "list_methods",
     "accepted_arguments",
+    "PLUGINS",
+    "PluginContext",
+    "register_plugin",
 ]
