@@ -27,6 +27,8 @@ LIST_WHAT = ("benchmarks", "strategies", "models", "metrics", "loggers", "plugin
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="avalanche-mm", description="Multimodal continual learning studies on Avalanche.")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module that registers methods, benchmarks, models... (repeatable)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="run a study from a config (default: the built-in demo)")
     run.add_argument("config", nargs="?", default=None, help="YAML file or recipe name (avalanche-mm list recipes)")
@@ -214,6 +216,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.imports:
+            from avalanche_mm.registry import import_modules
+
+            try:
+                import_modules(args.imports, key="--import")
+            except ImportError as err:
+                raise ConfigError([str(err)]) from err
         if args.command == "run":
             return cmd_run(args)
         if args.command == "list":

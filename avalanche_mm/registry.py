@@ -136,6 +136,11 @@ class Registry(Mapping[str, Any]):
             added.extend(sorted(set(self._entries) - before))
         return added
 
+    def refresh(self) -> None:
+        """Look at the entry points again on next access (after installing a
+        distribution, or putting one on ``sys.path``, in a running process)."""
+        self._loaded_entry_points = False
+
     def entry(self, name: str) -> Entry:
         """The :class:`Entry` of ``name``; an unknown name raises with the known ones."""
         self._ensure()
@@ -321,4 +326,18 @@ def params_from_signature(
     return out
 
 
-__all__ = ["Registry", "RegistryError", "Entry", "Range", "params_from_signature", "param_docs"]
+def import_modules(names: Sequence[str], *, key: str = "imports") -> None:
+    """Import modules that register entries (a config's ``imports``, the CLI's ``--import``).
+
+    :raises ImportError: naming the item (``imports[i]``) and the module.
+    """
+    import importlib
+
+    for i, name in enumerate(names or ()):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # re-raised with the config key named
+            raise ImportError(f"{key}[{i}]: cannot import module {name!r}: {type(exc).__name__}: {exc}") from exc
+
+
+__all__ = ["Registry", "RegistryError", "Entry", "Range", "params_from_signature", "param_docs", "import_modules"]

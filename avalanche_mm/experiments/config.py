@@ -261,6 +261,10 @@ SCHEMA = Section(
             "list", ["text"], item="str",
             help="Avalanche loggers besides the results logger (avalanche-mm list loggers): " + ", ".join(LOGGERS),
         ),
+        "imports": Opt(
+            "list", [], item="str",
+            help="Python modules imported before the config is validated (they register methods, benchmarks, models...)",
+        ),
         "plugins": Opt(
             "list", [], item="str",
             help="extra plugins added to every strategy, by name in the plugin registry (entry-point group avalanche_mm.plugins)",
@@ -392,8 +396,11 @@ def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, 
     they are written in the file; ``studies.<name>.`` paths work in both forms.
     """
     cfg = copy.deepcopy(raw)
+    single = "studies" not in cfg
     for text in overrides or ():
         path, value = parse_override(text)
+        if single and path[:2] == ["studies", "main"] and len(path) > 2 and path[2] in STUDY_KEYS:
+            path = path[2:]  # the key messages print, in a single-study file
         node = cfg
         for i, part in enumerate(path[:-1]):
             nxt = node.get(part) if isinstance(node, dict) else None
@@ -552,6 +559,14 @@ def load_config(
         where = resolve_config_source(source)
         data = read_yaml(where)
     data = apply_overrides(data, overrides)
+    imports = data.get("imports")
+    if isinstance(imports, list) and all(isinstance(m, str) for m in imports):
+        from avalanche_mm.registry import import_modules
+
+        try:
+            import_modules(imports)
+        except ImportError as err:
+            raise ConfigError([str(err)], source=where) from err
     return validate_config(data, source=where)
 
 

@@ -231,8 +231,25 @@ class MethodSpec:
         return out
 
 
-#: every method a config can name (entry-point group ``avalanche_mm.methods``)
-METHODS: Registry = Registry("method")
+class _MethodRegistry(Registry):
+    """:class:`Registry` that also imports every module of ``avalanche_mm.strategies``
+    on first access: a method added as one new file there registers itself."""
+
+    def load_entry_points(self) -> List[str]:
+        import importlib
+        import pkgutil
+
+        import avalanche_mm.strategies as package
+
+        for info in pkgutil.iter_modules(package.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{package.__name__}.{info.name}")
+        return super().load_entry_points()
+
+
+#: every method a config can name (the modules of ``avalanche_mm.strategies`` and
+#: the entry-point group ``avalanche_mm.methods``)
+METHODS: Registry = _MethodRegistry("method")
 
 
 def register_method(
