@@ -17,7 +17,7 @@ comparing strategies on one benchmark::
 A config with a single study may put ``benchmark``, ``model``, ``training``,
 ``evaluation`` and ``strategies`` at the top level (they become the study
 ``main``). A strategy entry's name is its display name; its ``method`` (default:
-the name itself) picks the method from :data:`avalanche_mm.experiments.methods.METHODS`;
+the name itself) picks the method from :data:`avalanche_mm.strategies.registry.METHODS`;
 its other keys are the method's parameters, plus an optional ``training``
 mapping that overrides the study's training settings for that strategy.
 
@@ -202,7 +202,8 @@ EVALUATION = Section(
 
 def _strategy_entry(name: str, value: Any, key: str, errors: List[str]) -> Dict[str, Any]:
     """Validate one strategy entry against its method's parameter schema."""
-    from .methods import METHODS
+    import avalanche_mm.strategies  # noqa: F401  (the method files register themselves)
+    from avalanche_mm.strategies.registry import METHODS
 
     if value is None:
         value = {}
