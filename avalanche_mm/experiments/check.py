@@ -84,6 +84,23 @@ def _short(err: BaseException) -> str:
     return text or type(err).__name__
 
 
+def _freeze_problems(model_cfg: Mapping[str, Any], bundle: Any, key: str, *, seed: int) -> List[str]:
+    """A fusion model is cheap: built once (global RNG untouched) to check ``model.freeze``."""
+    import torch
+
+    from avalanche_mm.models.build import build_fusion_model
+
+    with torch.random.fork_rng(devices=[]):
+        try:
+            build_fusion_model(model_cfg, bundle, seed=seed)
+        except KeyError as err:
+            msg = err.args[0] if err.args else ""
+            if isinstance(msg, str) and msg.startswith("model.freeze"):
+                return [f"{key.rsplit('.', 1)[0]}.{msg}"]
+            raise
+    return []
+
+
 def check_study(config: Mapping[str, Any], name: str, *, build: bool = True) -> StudyCheck:
     """Check one study of a resolved config (see the module docstring).
 
@@ -127,7 +144,10 @@ def check_study(config: Mapping[str, Any], name: str, *, build: bool = True) -> 
             out.problems.append(f"{key}.benchmark.params: benchmark {bench_cfg['name']!r} cannot be built with these parameters: {_short(err)}")
     bundle = out.bundle
     if bundle is not None and not static_model:
-        out.problems.extend(p for p in model_problems(model_cfg, bundle, f"{key}.model") if p not in static_model)
+        found = [p for p in model_problems(model_cfg, bundle, f"{key}.model") if p not in static_model]
+        out.problems.extend(found)
+        if not found and kind == "fusion" and model_cfg.get("freeze"):
+            out.problems.extend(_freeze_problems(model_cfg, bundle, f"{key}.model", seed=derive_seed(seed, name, "init")))
     if bundle is not None and len(bundle.scenario.test_stream) != bundle.n_experiences:
         out.problems.append(
             f"{key}.benchmark: the train stream has {bundle.n_experiences} experiences and the test stream "

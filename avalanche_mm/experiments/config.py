@@ -592,7 +592,8 @@ def strategy_fingerprint(config: Mapping[str, Any], study_name: str, strategy_na
             "seed": config["seed"],
             "benchmark": study["benchmark"],
             "model": study["model"],
-            "evaluation": study["evaluation"],
+            # evaluation.metrics joined later: left out while empty, so older results still resume
+            "evaluation": {k: v for k, v in study["evaluation"].items() if not (k == "metrics" and not v)},
             "training": strategy_training(study, study["strategies"][strategy_name]),
             "strategy": study["strategies"][strategy_name],
         }

@@ -144,6 +144,17 @@ def _probe_set(backbone, bundle: BenchmarkBundle, size: int):
     return ProbeSet(images, texts)
 
 
+def _model_or_config_error(study: str, build: Callable, *args, **kwargs):
+    """``build(...)``, with a ``model.freeze`` that matches no parameter reported as a config error."""
+    try:
+        return build(*args, **kwargs)
+    except KeyError as err:
+        msg = err.args[0] if err.args else ""
+        if isinstance(msg, str) and msg.startswith("model.freeze"):
+            raise ConfigError([f"studies.{study}.{msg}"]) from err
+        raise
+
+
 def prepare_study(
     config: Mapping[str, Any],
     name: str,
@@ -210,14 +221,14 @@ def prepare_study(
             backbone, pinfo = pretrain_backbone(backbone, bundle.reference, model_cfg["pretrain"], seed=seed, key=key, progress=progress, log=log)
             info["pretraining"] = pinfo
         backbone.eval()
-        model = clip_classifier(backbone, bundle, model_cfg)
+        model = _model_or_config_error(name, clip_classifier, backbone, bundle, model_cfg)
         if study["evaluation"]["alignment"]:
             if bundle.reference is not None and bundle.reference.paired:
                 probe = _probe_set(backbone, bundle, study["evaluation"]["probe_size"])
             else:
                 log(f"  studies.{name}.evaluation.alignment: the benchmark has no paired reference captions; alignment metrics are skipped")
     else:
-        model = build_fusion_model(model_cfg, bundle, seed=derive_seed(seed, name, "init"))
+        model = _model_or_config_error(name, build_fusion_model, model_cfg, bundle, seed=derive_seed(seed, name, "init"))
     model.to(device)
     n_total = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -48,6 +48,11 @@ CASES = {
         "studies.main.model.name: got 'fusoin', expected one of fusion, toy-fusion (did you mean 'fusion'?)",
         "studies.main.model.name=toy-fusion",
     ),
+    "freeze matching no parameter": (
+        _with(FUSION_TOY, model={"kind": "fusion", "name": "toy-fusion", "freeze": ["encoders.vision"]}),
+        "studies.main.model.freeze: 'encoders.vision' matches no parameter",
+        "studies.main.model.freeze=[image]",
+    ),
     "negative benchmark parameter": (
         _with(FUSION_TOY, benchmark={"name": "toy", "params": {"n_experiences": -2}}),
         "studies.main.benchmark.params.n_experiences: got -2, expected an integer >= 1",
