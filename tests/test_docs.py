@@ -111,8 +111,9 @@ def test_a_new_method_appears_without_editing_docs(hook):
     finally:
         METHODS.unregister("doc-toy")
     assert "registry:" not in page and page.startswith("intro\n\n| name |") and page.endswith("\nend\n")
-    assert "| `doc-toy` | a toy method \\| for the docs test | `strength=0.5` |" in page
+    assert "| `doc-toy` |  | a toy method \\| for the docs test | `strength=0.5` | `clip`, `fusion` | Nobody, 2026 |" in page
     assert "| `strength` | float | `0.5` | a number >= 0.0 | how strong \\| really. |" in page
+    assert "### `doc-toy` {#methods-doc-toy}\n\na toy method \\| for the docs test\n\n**reference** Nobody, 2026" in page
 
 
 def test_markers_are_checked(hook):

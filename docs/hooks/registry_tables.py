@@ -33,45 +33,16 @@ _detailed: set = set()
 
 # ---------------------------------------------------------------------------
 # the adapter: entries as dicts {name, summary, family, params: [{name, kind,
-# default, expected, help}], needs_data, needs_weights, source, doc}
+# default, expected, help}], needs_data, needs_weights, source, doc} and, for
+# some kinds, reference, model_kinds, logged
 # ---------------------------------------------------------------------------
 def describe(kind: str) -> List[Dict[str, Any]]:
     """The entries of one kind, as ``avalanche_mm.catalog.describe`` gives them."""
     if kind not in _cache:
-        try:
-            from avalanche_mm.catalog import describe as catalog_describe
-        except ImportError:  # until the catalog lands
-            catalog_describe = _describe_from_registries
+        from avalanche_mm.catalog import describe as catalog_describe
+
         _cache[kind] = list(catalog_describe(kind))
     return _cache[kind]
-
-
-def _describe_from_registries(kind: str) -> List[Dict[str, Any]]:
-    if kind == "methods":
-        import avalanche_mm.experiments  # noqa: F401  (registers the built-in methods)
-        from avalanche_mm.strategies.registry import METHODS
-
-        out = []
-        for name, spec in METHODS.items():
-            params = [{"name": k, "kind": o.kind, "default": o.default, "expected": o.expected(), "help": o.help}
-                      for k, o in spec.params.items()]
-            out.append({"name": name, "summary": spec.summary, "family": spec.family, "params": params,
-                        "needs_data": False, "needs_weights": False, "source": METHODS.entry(name).source,
-                        "doc": spec.doc, "reference": spec.reference})
-        return out
-    if kind == "benchmarks":
-        from avalanche_mm.experiments import list_benchmarks
-
-        return [{"name": k, "summary": v} for k, v in list_benchmarks().items()]
-    if kind == "models":
-        from avalanche_mm.experiments import list_models
-
-        return [{"name": k, "summary": v} for k, v in list_models().items()]
-    if kind == "metrics":
-        from avalanche_mm.cli import METRICS
-
-        return [{"name": k, "summary": v} for k, v in METRICS.items()]
-    return []
 
 
 # ---------------------------------------------------------------------------
@@ -105,6 +76,33 @@ def _code(s: str) -> str:
     return f"{tick}{pad}{s}{pad}{tick}".replace("|", "\\|")
 
 
+def _codes(value: Any) -> str:
+    """A list (or a comma-separated string) of names as code spans."""
+    items = value.split(",") if isinstance(value, str) else list(value or [])
+    return ", ".join(_code(str(i).strip()) for i in items if str(i).strip()) or "-"
+
+
+_FIELD = re.compile(r"^:(?:param|parameter|arg|type|ivar|var|cvar|raises?|returns?|rtype|yields?)\b", re.M)
+
+
+def _doc_text(entry: Dict[str, Any]) -> str:
+    """An entry's documentation as Markdown paragraphs, without the reST fields the
+    parameter table already shows, nor a repeat of the summary."""
+    doc = str(entry.get("doc") or "")
+    match = _FIELD.search(doc)
+    doc = (doc[: match.start()] if match else doc).strip()
+
+    def norm(text: str) -> str:
+        return " ".join(text.split()).rstrip(".").lower()
+
+    first, _, rest = doc.partition("\n\n")
+    if norm(first) == norm(str(entry.get("summary") or "")):
+        doc = rest.strip()
+    doc = _ROLE.sub(r"`\1`", doc)
+    doc = re.sub(r"(\S)::[ \t]*$", r"\1:", doc, flags=re.M)
+    return doc
+
+
 def _needs(entry: Dict[str, Any]) -> str:
     needs = [what for key, what in (("needs_data", "data"), ("needs_weights", "weights")) if entry.get(key)]
     return ", ".join(needs) if needs else "-"
@@ -132,15 +130,20 @@ def render_table(kind: str, entries: List[Dict[str, Any]], *, link: Optional[str
     has_params = any(e.get("params") for e in entries)
     has_needs = any(e.get("needs_data") or e.get("needs_weights") for e in entries)
     has_reference = any(e.get("reference") for e in entries)
+    has_logged = any(e.get("logged") for e in entries)
+    has_models = kind == "methods" and any(e.get("model_kinds") for e in entries)
     has_source = kind == "methods" and any(e.get("source") for e in entries)
-    head = ["name"] + (["family"] if has_family else []) + ["summary"]
+    head = ["name"] + (["family"] if has_family else []) + ["summary"] + (["logged as"] if has_logged else [])
     head += (["parameters (default)"] if has_params else []) + (["needs on disk"] if has_needs else [])
+    head += (["models"] if has_models else [])
     head += (["reference"] if has_reference else []) + (["module"] if has_source else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for e in entries:
         name = _code(e["name"]) if link is None else f"[{_code(e['name'])}]({link}#{_anchor(kind, e['name'])})"
         row = [name] + ([_text(e.get("family"))] if has_family else []) + [_text(e.get("summary"))]
+        row += ([_codes(e.get("logged"))] if has_logged else [])
         row += ([_params_inline(e)] if has_params else []) + ([_needs(e)] if has_needs else [])
+        row += ([_codes(e.get("model_kinds"))] if has_models else [])
         row += ([_text(e.get("reference"))] if has_reference else [])
         row += ([_code(e["source"]) if e.get("source") else "-"] if has_source else [])
         lines.append("| " + " | ".join(row) + " |")
@@ -154,16 +157,27 @@ def render_params(kind: str, entries: List[Dict[str, Any]], level: int = 3) -> s
     out: List[str] = []
     for e in entries:
         out += [f"{'#' * level} `{e['name']}` {{#{_anchor(kind, e['name'])}}}", ""]
-        facts = [_text(e.get("summary"))]
+        summary = _text(e.get("summary"))
+        if summary:
+            out += [summary, ""]
+        facts = []
         if e.get("family"):
-            facts.append(f"Family: {_text(e['family'])}.")
+            facts.append(f"**family** {_text(e['family'])}")
         if e.get("reference"):
-            facts.append(f"Reference: {_text(e['reference'])}.")
+            facts.append(f"**reference** {_text(e['reference'])}")
         if e.get("needs_data") or e.get("needs_weights"):
-            facts.append(f"Needs on disk: {_needs(e)}.")
+            facts.append(f"**needs on disk** {_needs(e)}")
+        if e.get("model_kinds"):
+            facts.append(f"**models** {_codes(e['model_kinds'])}")
+        if e.get("logged"):
+            facts.append(f"**logged as** {_codes(e['logged'])}")
         if e.get("source"):
-            facts.append(f"Defined in {_code(e['source'])}.")
-        out += [" ".join(f for f in facts if f), ""]
+            facts.append(f"**module** {_code(e['source'])}")
+        if facts:
+            out += [" · ".join(facts), ""]
+        doc = _doc_text(e)
+        if doc:
+            out += [doc, ""]
         params = e.get("params") or []
         if params:
             out += ["| parameter | kind | default | accepts | help |", "|---|---|---|---|---|"]
