@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import sys
 from typing import Any, Dict, List, Optional
 
 KINDS = ("methods", "benchmarks", "models", "metrics", "loggers")
@@ -218,6 +219,15 @@ def replace_markers(markdown: str, *, page: str = "") -> str:
 # ---------------------------------------------------------------------------
 # MkDocs events
 # ---------------------------------------------------------------------------
+def on_config(config, **kwargs):
+    # describe the checkout being built (as mkdocstrings' `paths: [.]` does), not
+    # whichever avalanche_mm happens to be installed
+    root = os.path.dirname(os.path.abspath(config.config_file_path))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return config
+
+
 def on_pre_build(config, **kwargs) -> None:
     _cache.clear()  # `mkdocs serve` rebuilds see registry changes
     _detailed.clear()
