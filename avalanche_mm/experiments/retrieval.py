@@ -29,13 +29,27 @@ import torch
 from avalanche_mm.benchmarks.datasets import p9d as _p9d  # noqa: F401  (registers the p9d benchmark)
 from avalanche_mm.benchmarks.registry import register_benchmark
 
-from .registry import BenchmarkBundle, ReferenceSet, _apply_freeze
+from avalanche_mm.benchmarks.bundle import BenchmarkBundle, ReferenceSet
+from avalanche_mm.models.build import apply_freeze as _apply_freeze
 
 
 # ---------------------------------------------------------------------------
 # the world's pair benchmark
 # ---------------------------------------------------------------------------
-@register_benchmark("world-retrieval-stream")
+def clip_sample_tokenizer(context_length: int = 32):
+    """Picklable ``str -> LongTensor[L]`` with CLIP's BPE (open_clip), no padding: the token ids
+    the open_clip backbones (``demo-clip``, ``tiny-openclip``, pretrained CLIPs) read."""
+    import functools
+
+    import open_clip
+
+    from avalanche_mm.models.backbones.base import SampleTokenizer
+
+    return SampleTokenizer(tokenize=functools.partial(open_clip.tokenize, context_length=context_length),
+                           pad_token_id=0, eot_token_id=49407)
+
+
+@register_benchmark("world-retrieval-stream", reference=True)
 def world_retrieval_stream(
     *,
     num_phases: int = 5,
@@ -59,7 +73,7 @@ def world_retrieval_stream(
 
     world = ProceduralWorld(seed=world_seed, image_size=image_size, shapes=shapes, colours=colours,
                             textures=textures, sizes=sizes)
-    tok = tokenizer or world.tokenizer()
+    tok = tokenizer or clip_sample_tokenizer()
     combos = world.combinations("task")
     if num_phases > len(combos):
         raise ValueError(f"world-retrieval-stream: num_phases={num_phases} exceeds the {len(combos)} task objects.")
@@ -253,7 +267,10 @@ def retrieval_report_section(out: str, cfg: Mapping[str, Any], env: Mapping[str,
     """``(markdown lines, text lines, html parts)`` of the retrieval studies of a results folder:
     a summary table, every strategy's R@1 matrices (both directions) and a plot of the first
     phase's R@1 and the average over seen phases. Empty for classification studies."""
-    from .report import html_table, md_table, text_table
+    from .report import md_table, text_table
+
+    def html_table(rows):  # the report's HTML is rendered from its Markdown
+        return ""
 
     md: List[str] = []
     text: List[str] = []
@@ -289,7 +306,22 @@ def retrieval_report_section(out: str, cfg: Mapping[str, Any], env: Mapping[str,
     return md, text, htm
 
 
+def retrieval_report(out: str, *, plots: Optional[bool] = None) -> Tuple[str, str]:
+    """``(markdown, console text)`` of the retrieval studies of a results folder (empty strings
+    when there are none); what :func:`~avalanche_mm.experiments.report.build_report` appends."""
+    from .report import load_results
+
+    cfg, env, states = load_results(out)
+    do_plots = (cfg.get("report") or {}).get("plots", True) if plots is None else plots
+    md, text, _ = retrieval_report_section(out, cfg, env, states, os.path.join(out, "plots") if do_plots else None)
+    if not md:
+        return "", ""
+    return "\n" + "\n".join(md) + "\n", "\n" + "\n".join(text)
+
+
 __all__ = [
+    "retrieval_report",
+    "clip_sample_tokenizer",
     "world_retrieval_stream",
     "is_retrieval_bundle",
     "build_retrieval_model",

@@ -15,6 +15,7 @@ from .zeroshot import ZeroShot, ZeroShotPlugin  # noqa: E402
 from .clip_lwf import CLIPLwF, CLIPLwFPlugin  # noqa: E402
 from .wiseft import WiSEFT, WiSEFTPlugin  # noqa: E402
 from .zscl import ZSCL, ZSCLPlugin  # noqa: E402
+from .er import ER  # noqa: E402
 from .mod_x import ContrastiveFineTune, ModX, ModXPlugin  # noqa: E402
 from .ctp import CTP, CTPPlugin  # noqa: E402
 
@@ -29,6 +30,7 @@ __all__ += [
     "WiSEFTPlugin",
     "ZSCL",
     "ZSCLPlugin",
+    "ER",
     "ContrastiveFineTune",
     "ModX",
     "ModXPlugin",
