@@ -171,7 +171,8 @@ def model_problems(model_cfg: Mapping[str, Any], bundle: Optional[Any], key: str
             out.append(f"{key}.pretrained: {problem}")
         if name in BACKBONES and model_cfg.get("params"):
             out.append(f"{key}.params: backbone {name!r} takes no extra parameters, got {sorted(model_cfg['params'])}")
-        if bundle is not None and not bundle.class_names:
+        pairs = bundle is not None and {"image", "text"} <= set(bundle.modalities or ())  # retrieval (issue 14)
+        if bundle is not None and not bundle.class_names and not pairs:
             out.append(f"{key}.kind: 'clip' needs class names, but benchmark {bundle.name!r} has none")
     elif kind == "fusion":
         from avalanche_mm.models.fusion.registry import FUSION_MODELS

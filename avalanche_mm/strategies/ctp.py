@@ -53,7 +53,6 @@ from .mod_x import (
     last_pair_features,
     pair_benchmark_problems,
     pair_features,
-    start_weights_problems,
 )
 
 # ---------------------------------------------------------------------------
@@ -351,7 +350,7 @@ def _phase_sizes(bundle) -> List[int]:
 
 
 def _check(ctx, params: Dict) -> List[str]:
-    out = pair_benchmark_problems(ctx, "ctp") + start_weights_problems(ctx, "ctp")
+    out = pair_benchmark_problems(ctx, "ctp")
     for name in ("momentum", "init_momentum"):
         v = params.get(name)
         if v is not None and not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):

@@ -394,27 +394,8 @@ def pair_benchmark_problems(ctx, method: str) -> List[str]:
     return []
 
 
-def start_weights_problems(ctx, method: str) -> List[str]:
-    """A ``model.pretrained`` that names a checkpoint file must exist (continual pretraining
-    starts from it: Mod-X from a COCO-trained CLIP)."""
-    import os
-
-    pre = (ctx.model or {}).get("pretrained") if isinstance(ctx.model, dict) else None
-    if not isinstance(pre, str):
-        return []
-    looks_like_file = pre.startswith(("/", "~", ".")) or pre.endswith((".pt", ".pth", ".bin", ".safetensors"))
-    path = os.path.expanduser(pre)
-    if looks_like_file and not os.path.exists(path):
-        return [
-            f"{ctx.model_key or 'model'}.pretrained: {method!r} starts from the checkpoint {pre!r}, which does "
-            f"not exist ({path}); it needs the starting CLIP weights there (for the Mod-X recipe: the "
-            "COCO-trained RN50 of Mod-X's Joint_Train), or an open_clip pretrained tag"
-        ]
-    return []
-
-
 def _check(ctx, params: Dict) -> List[str]:
-    return pair_benchmark_problems(ctx, "mod-x") + start_weights_problems(ctx, "mod-x")
+    return pair_benchmark_problems(ctx, "mod-x")
 
 
 def _register():
@@ -439,8 +420,7 @@ def _register():
         model_kinds=("clip",),
         family="baseline",
         reference="Radford et al., ICML 2021 (CLIP loss); Mod-X's CLIP_ct",
-        check=lambda ctx, params: pair_benchmark_problems(ctx, "contrastive-finetune")
-        + start_weights_problems(ctx, "contrastive-finetune"),
+        check=lambda ctx, params: pair_benchmark_problems(ctx, "contrastive-finetune"),
     )
     def _build_ft(ctx, params: Dict):
         return ContrastiveFineTune(**ctx.common_kwargs(ContrastiveFineTune), **params)
@@ -461,5 +441,4 @@ __all__ = [
     "ModX",
     "is_pair_bundle",
     "pair_benchmark_problems",
-    "start_weights_problems",
 ]
