@@ -475,6 +475,12 @@ def _check_study(sname: str, study: Dict[str, Any], errors: List[str]) -> None:
                 + f", but {key}.model.kind is {kind!r}"
             )
         merged = {**training, **{k: v for k, v in (entry.get("training") or {}).items()}}
+        if spec.check is not None and (kind not in MODEL_KINDS or kind in spec.model_kinds):
+            from avalanche_mm.strategies.registry import CheckContext
+
+            ctx = CheckContext(key=f"{key}.strategies.{stname}", kind=kind, model=model, benchmark=bench,
+                               training=merged, bundle=None, model_key=f"{key}.model")
+            errors.extend(spec.check(ctx, {k: v for k, v in entry.items() if k not in ("method", "training")}))
         lrs = merged.get("lr_per_experience")
         if lrs is not None and any((not isinstance(v, float)) or v < 0 for v in lrs):
             errors.append(f"{key}.strategies.{stname}.training.lr_per_experience: got {lrs!r}, expected numbers >= 0")

@@ -28,3 +28,8 @@ __all__ += [
     "ZSCL",
     "ZSCLPlugin",
 ]
+
+# architecture family (issue 12)
+from .moe_adapters import DDASRouting, MoEAdapters, MoEAdaptersPlugin  # noqa: E402
+
+__all__ += ["MoEAdapters", "MoEAdaptersPlugin", "DDASRouting"]
