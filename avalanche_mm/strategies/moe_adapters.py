@@ -876,7 +876,7 @@ def _build(ctx: BuildContext, params: dict):
     if not isinstance(images, Tensor):
         images = None  # real-data reference sets are lazy datasets: no reference autoencoder
     return MoEAdapters(**ctx.common_kwargs(MoEAdapters), **params, num_tasks=n_tasks,
-                       reference_images=images, seed=ctx.seed)
+                       reference_images=images)
 
 
 __all__ = ["MoEAdaptersPlugin", "MoEAdapters", "DDAS", "DDASAutoencoder", "DDASRouting", "ZERO_SHOT"]
