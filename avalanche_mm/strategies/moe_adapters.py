@@ -255,7 +255,9 @@ class MoEAdaptersPlugin(SupervisedPlugin):
     :param ddas_weight_decay: autoencoder weight decay.
     :param ddas_batch_size: autoencoder batch size.
     :param ddas_granularity: ``"batch"`` (code) or ``"sample"`` (paper).
-    :param reference_images: images ``[N, 3, H, W]`` for the reference autoencoder (or None).
+    :param reference_images: reference data for the reference autoencoder: images
+        ``[N, 3, H, W]`` or a dataset of ``(x, ...)`` samples holding images (or None).
+    :param ddas_reference_size: at most this many reference samples (a seeded random subset).
     :param image_key: modality name of the images in batches.
     :param seed: seed of the autoencoder training.
     """
@@ -285,7 +287,8 @@ class MoEAdaptersPlugin(SupervisedPlugin):
         ddas_weight_decay: float = 1e-4,
         ddas_batch_size: int = 64,
         ddas_granularity: str = "batch",
-        reference_images: Optional[Tensor] = None,
+        reference_images: Any = None,
+        ddas_reference_size: int = 5000,
         image_key: str = "image",
         seed: int = 0,
     ):
@@ -317,8 +320,14 @@ class MoEAdaptersPlugin(SupervisedPlugin):
                                      ("ddas_granularity", ddas_granularity, ("batch", "sample"))):
             if value not in choices:
                 raise ValueError(f"MoE-Adapters: {name} must be one of {choices}, got {value!r}.")
-        if reference_images is not None and (not isinstance(reference_images, Tensor) or reference_images.dim() != 4):
-            raise ValueError("MoE-Adapters: reference_images must be a tensor [N, 3, H, W] or None.")
+        if isinstance(reference_images, Tensor) and reference_images.dim() != 4:
+            raise ValueError(
+                f"MoE-Adapters: reference_images as a tensor must be [N, 3, H, W], got shape {tuple(reference_images.shape)}."
+            )
+        if reference_images is not None and not isinstance(reference_images, Tensor) and not hasattr(reference_images, "__getitem__"):
+            raise TypeError("MoE-Adapters: reference_images must be a tensor [N, 3, H, W], a dataset or None.")
+        _int("ddas_reference_size", ddas_reference_size, 1)
+        self.ddas_reference_size = int(ddas_reference_size)
         self.num_experts = int(num_experts)
         self.top_k = int(top_k)
         self.bottleneck = int(bottleneck)
@@ -511,6 +520,17 @@ class MoEAdaptersPlugin(SupervisedPlugin):
             self.ddas.thresholds[index] = torch.quantile(errs.float(), self.ddas_quantile)
             self.ddas.trained[index] = True
 
+    def _reference_features(self, strategy) -> Tensor:
+        ref = self.reference_images
+        n = len(ref)
+        gen = torch.Generator().manual_seed(self.seed * 7919 + 17)
+        keep = torch.randperm(n, generator=gen)[: self.ddas_reference_size].sort().values if n > self.ddas_reference_size else None
+        if isinstance(ref, Tensor):
+            images = ref if keep is None else ref[keep]
+            backbone = find_backbone(strategy.model)
+            return torch.cat([self.frozen_features(backbone, images[i:i + 256]) for i in range(0, len(images), 256)])
+        return self._dataset_features(strategy, ref if keep is None else _SubsetWithCollate(ref, keep.tolist()))
+
     def fit_ddas(self, strategy, task: int) -> None:
         """Train task ``task``'s autoencoder (and the reference one, once) on frozen features."""
         backbone = find_backbone(strategy.model)
@@ -518,10 +538,7 @@ class MoEAdaptersPlugin(SupervisedPlugin):
             raise ValueError(f"MoE-Adapters: DDAS has autoencoders for {self.ddas.num_tasks} tasks, got task {task}.")
         ref = self.ddas.reference_index
         if self.reference_images is not None and self.ddas_reference_iterations > 0 and not bool(self.ddas.trained[ref]):
-            feats = []
-            for start in range(0, len(self.reference_images), 256):
-                feats.append(self.frozen_features(backbone, self.reference_images[start:start + 256]))
-            self._fit(ref, torch.cat(feats), self.ddas_reference_iterations, salt=10**6)
+            self._fit(ref, self._reference_features(strategy), self.ddas_reference_iterations, salt=10**6)
         self._fit(task, self._dataset_features(strategy, strategy.experience.dataset.eval()), self.ddas_iterations, salt=task)
 
     def select(self, strategy) -> Tensor:
@@ -628,6 +645,14 @@ class MoEAdaptersPlugin(SupervisedPlugin):
             moe.sync_frozen()
 
 
+class _SubsetWithCollate(torch.utils.data.Subset):
+    """A subset that keeps the dataset's ``collate_fn``."""
+
+    def __init__(self, dataset, indices):
+        super().__init__(dataset, indices)
+        self.collate_fn = getattr(dataset, "collate_fn", None)
+
+
 def _int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"MoE-Adapters: {name} must be an integer >= {minimum}, got {value!r}.")
@@ -731,7 +756,8 @@ class MoEAdapters(FineTune):
     :param ddas_weight_decay: autoencoder weight decay (1e-4).
     :param ddas_batch_size: autoencoder batch size (64).
     :param ddas_granularity: ``batch`` (code: one decision per test batch) or ``sample`` (paper: per input).
-    :param reference_images: images for the reference autoencoder (the CLI passes the benchmark's reference split).
+    :param reference_images: images (tensor or dataset) for the reference autoencoder (the CLI passes the benchmark's reference split).
+    :param ddas_reference_size: at most this many reference images for the reference autoencoder (a seeded random subset).
     :param image_key: modality name of the images.
     :param seed: seed of the autoencoder training.
     :param base_kwargs: the arguments of :class:`~avalanche_mm.strategies.FineTune`.
@@ -762,7 +788,8 @@ class MoEAdapters(FineTune):
         ddas_weight_decay: Annotated[float, Range(ge=0.0)] = 1e-4,
         ddas_batch_size: Annotated[int, Range(ge=1)] = 64,
         ddas_granularity: Literal["batch", "sample"] = "batch",
-        reference_images: Optional[Tensor] = None,
+        reference_images: Any = None,
+        ddas_reference_size: Annotated[int, Range(ge=1)] = 5000,
         image_key: str = "image",
         seed: int = 0,
         plugins: Optional[List] = None,
@@ -776,7 +803,7 @@ class MoEAdapters(FineTune):
             ddas_reference_iterations=ddas_reference_iterations, ddas_lr=ddas_lr,
             ddas_lr_decay_epochs=ddas_lr_decay_epochs, ddas_weight_decay=ddas_weight_decay,
             ddas_batch_size=ddas_batch_size, ddas_granularity=ddas_granularity,
-            reference_images=reference_images, image_key=image_key, seed=seed,
+            reference_images=reference_images, ddas_reference_size=ddas_reference_size, image_key=image_key, seed=seed,
         )
         model = base_kwargs.get("model")
         if model is None:
@@ -872,10 +899,10 @@ def _build(ctx: BuildContext, params: dict):
     bundle = ctx.bundle
     n_tasks = int(bundle.n_experiences) if bundle is not None else None
     ref = getattr(bundle, "reference", None)
-    images = getattr(ref, "images", None)
-    if not isinstance(images, Tensor):
-        images = None  # real-data reference sets are lazy datasets: no reference autoencoder
-    return MoEAdapters(**ctx.common_kwargs(MoEAdapters), **params, num_tasks=n_tasks,
+    images = getattr(ref, "images", None)  # a tensor (worlds) or a lazy dataset (real data)
+    kw = ctx.common_kwargs(MoEAdapters)
+    kw.update(ctx.schedule_kwargs())  # FineTune's recipe arguments (taken through **base_kwargs)
+    return MoEAdapters(**kw, **params, num_tasks=n_tasks,
                        reference_images=images)
 
 
