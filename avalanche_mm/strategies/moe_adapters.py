@@ -444,6 +444,11 @@ class MoEAdaptersPlugin(SupervisedPlugin):
             for p in (moe.w_gate, moe.w_noise):  # only the current task's router gets gradient
                 self._grad_hooks.append(p.register_hook(lambda g, m=mask: g * m.to(g.dtype)))
 
+    def before_training_iteration(self, strategy, **kwargs):
+        # a periodic evaluation inside the experience may have selected another route
+        if self.adapters.active_router != self.current_router:
+            self.adapters.set_active_router(self.current_router)
+
     def after_update(self, strategy, **kwargs):
         """Other tasks' routers stay bit-identical (weight decay or Adam moments would move them)."""
         r = self.current_router
@@ -585,6 +590,9 @@ class MoEAdaptersPlugin(SupervisedPlugin):
         if self._route_ctx is not None:
             self._route_ctx.close()
             self._route_ctx = None
+
+    def after_eval(self, strategy, **kwargs):
+        self.routes = None
 
     def routed_forward(self, strategy, forward) -> Tensor:
         """Forward of a minibatch whose inputs take different routes (``ddas_granularity="sample"``)."""

@@ -284,3 +284,18 @@ def test_registration_and_check_messages(setup):
         MoEAdaptersPlugin(num_experts=2, top_k=3, num_tasks=1)
     with pytest.raises(ValueError, match="num_tasks"):
         MoEAdaptersPlugin(num_experts=2).setup(clip_classifier(build_backbone("tiny-openclip", seed=0), setup[0], {}))
+
+
+def test_parameter_count_takes_a_counter_and_keeps_it_out_of_its_state():
+    from avalanche_mm.metrics import ParameterCount
+
+    metric = ParameterCount(counter=lambda model: (3, 10))
+    assert metric._count(type("S", (), {"model": torch.nn.Linear(2, 2)})()) == (3, 10)
+    metric.trainable, metric.total = [3, 2], [10, 10]
+    state = metric.state_dict()
+    assert state == {"trainable": [3, 2], "total": [10, 10]}  # no callable in a checkpoint
+    other = ParameterCount()
+    other.load_state_dict(state)
+    assert other.result()["trainable_cumulative"] == 5.0
+    with pytest.raises(TypeError, match="counter"):
+        ParameterCount(counter=3)
