@@ -151,11 +151,6 @@ class DDAS(nn.Module):
             return [], feats.new_zeros(0, feats.shape[0])
         return idx, torch.stack([self.autoencoders[i].errors(feats) for i in idx])
 
-    def _threshold(self, index: int) -> float:
-        if self.threshold is not None:
-            return float(self.threshold)
-        return float(self.thresholds[index])
-
     @torch.no_grad()
     def select(self, feats: Tensor) -> Tensor:
         """Route per input ``[B]``: a task index, or :data:`ZERO_SHOT`."""
@@ -166,12 +161,13 @@ class DDAS(nn.Module):
         if self.granularity == "batch":
             errs = errs.mean(dim=1, keepdim=True).expand(-1, n)
         best_err, best = errs.min(dim=0)
-        out = torch.empty(n, dtype=torch.long, device=feats.device)
-        for j in range(n):
-            a = idx[int(best[j])]
-            zero = a == self.reference_index or float(best_err[j]) > self._threshold(a)
-            out[j] = ZERO_SHOT if zero else a
-        return out
+        chosen = torch.as_tensor(idx, device=feats.device)[best]
+        if self.threshold is not None:
+            limit = torch.full_like(best_err, float(self.threshold))
+        else:
+            limit = self.thresholds.to(feats.device)[chosen]
+        zero = (chosen == self.reference_index) | (best_err > limit)
+        return torch.where(zero, torch.full_like(chosen, ZERO_SHOT), chosen)
 
 
 def _train_autoencoder(ae: DDASAutoencoder, feats: Tensor, *, iterations: int, batch_size: int,
