@@ -30,3 +30,8 @@ __all__ += [
     "ZSCLPlugin",
     "ER",
 ]
+
+# architecture family (issue 12)
+from .moe_adapters import DDASRouting, MoEAdapters, MoEAdaptersPlugin  # noqa: E402
+
+__all__ += ["MoEAdapters", "MoEAdaptersPlugin", "DDASRouting"]
