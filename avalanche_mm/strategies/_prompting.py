@@ -190,4 +190,42 @@ def method_problem(ctx, method: str, key: str, message: str) -> str:
     return f"{ctx.key}.{key}: {method} on model {backbone!r} ({ctx.model_key or 'model'}): {message}"
 
 
-__all__ = ["frozen_backbone", "PromptMethodPlugin", "PromptStrategy", "backbone_sizes", "method_problem"]
+def vit_b16_prompt_parameters(n_tasks: int = 10) -> Dict[str, Dict[str, int]]:
+    """Parameter counts of the prompt methods at their default sizes on CLIP ViT-B/16.
+
+    The backbone is open_clip's ViT-B-16 built on the meta device (shapes only,
+    no memory, no weights); the methods' modules are built at ViT-B/16 sizes
+    (image width 768, text width 512, embedding 512) with ``n_tasks`` tasks /
+    domains. Returns ``{method: {"backbone", "trainable_per_task", "stored"}}``:
+    parameters trained while one task trains, and kept over the whole stream.
+    """
+    import open_clip
+
+    from avalanche_mm.models.attach.prompt_pool import CodaPromptPool, PromptPool
+
+    from .attriclip import AttributeBank
+    from .s_liprompts import SLiPromptBank
+
+    with torch.device("meta"):
+        clip = open_clip.CLIP(**open_clip.get_model_config("ViT-B-16"))
+    total = sum(p.numel() for p in clip.parameters())
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters() if p.requires_grad), sum(p.numel() for p in m.parameters())
+
+    with torch.device("meta"):
+        l2p = PromptPool(size=10, length=5, width=768, key_dim=512)
+        dual = PromptPool(size=n_tasks, length=5, width=768, key_dim=512, layers=3, prefix=True)
+        dual.set_trainable([0])
+        g = 2 * 2 * 5 * 768  # G-prompt: 2 layers x (key, value) x 5 tokens
+        slip = SLiPromptBank(n_domains=n_tasks, prompt_length=10, vision_width=768, n_ctx=16, text_width=512,
+                             n_clusters=5, feature_dim=512)
+        slip.set_trainable(0)
+        attri = AttributeBank(bank_size=10, prompt_length=12, key_dim=512, text_width=512)
+    coda = CodaPromptPool(n_tasks=n_tasks, size=100, length=8, width=768, key_dim=512, layers=5)
+    rows = {"l2p": count(l2p), "dualprompt": tuple(c + g for c in count(dual)), "coda-prompt": count(coda),
+            "s-liprompts": count(slip), "attriclip": count(attri)}
+    return {k: {"backbone": total, "trainable_per_task": t, "stored": n} for k, (t, n) in rows.items()}
+
+
+__all__ = ["vit_b16_prompt_parameters", "frozen_backbone", "PromptMethodPlugin", "PromptStrategy", "backbone_sizes", "method_problem"]

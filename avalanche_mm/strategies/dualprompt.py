@@ -76,6 +76,7 @@ class DualPromptPlugin(PromptMethodPlugin):
         else:
             self.pool.g_prompt = None
         self.pool.register_buffer("current_task", torch.zeros((), dtype=torch.long))
+        self.pool.set_trainable([0])
         self.pool.towers = ("vision",)
         backbone.add_attachment(f"{name}_pool", self.pool.to(backbone.device))
         self.injector = VisionPromptInjector(backbone=backbone, prefix_layers=self.g_layers + self.e_layers).attach(

@@ -389,6 +389,9 @@ class CodaPromptPool(nn.Module):
                 for plist in (self.K, self.A, self.P):
                     nn.init.uniform_(plist[t], 0.0, 1.0)
             self._orthogonalise(0)
+        for t in range(n_tasks):  # only the first task's chunk trains until start_task()
+            for plist in (self.K, self.A, self.P):
+                plist[t].requires_grad_(t == 0)
 
     def _orthogonalise(self, task: int) -> None:
         with torch.no_grad():
