@@ -147,6 +147,15 @@ def backbone_sizes(model_cfg) -> Optional[Dict[str, int]]:
     local paths) are checked when the method is built.
     """
     name = str((model_cfg or {}).get("backbone") or "")
+    if name not in _SIZES:
+        _SIZES[name] = _backbone_sizes(name)
+    return _SIZES[name]
+
+
+_SIZES: Dict[str, Optional[Dict[str, int]]] = {}
+
+
+def _backbone_sizes(name: str) -> Optional[Dict[str, int]]:
     if name in _CHEAP:
         from avalanche_mm.experiments.registry import build_clip_backbone
 
