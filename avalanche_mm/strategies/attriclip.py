@@ -40,6 +40,7 @@ from avalanche_mm.models.attach.prompt_pool import frozen_image_query, images_of
 from avalanche_mm.models.attach.prompts import TextContextPrompts
 from avalanche_mm.registry import Range
 
+from .finetune import FineTune
 from ._prompting import PromptMethodPlugin, PromptStrategy, backbone_sizes, frozen_backbone, method_problem
 from .registry import BuildContext, CheckContext, register_method
 
@@ -235,7 +236,8 @@ def _check(ctx: CheckContext, params: Dict[str, Any]) -> List[str]:
                  params_from=AttriCLIP, model_kinds=("clip",), family="prompt",
                  reference="Wang et al., CVPR 2023", check=_check)
 def _build(ctx: BuildContext, params: dict):
-    strategy = AttriCLIP(**ctx.common_kwargs(AttriCLIP), **params)
+    # the template and schedule arguments are FineTune's (the constructor passes them on)
+    strategy = AttriCLIP(**ctx.common_kwargs(FineTune), **params)
     strategy.optimizer = ctx.optimizer()
     return strategy
 

@@ -27,6 +27,7 @@ from torch import Tensor
 from avalanche_mm.models.attach.prompt_pool import PromptPool, VisionPromptInjector
 from avalanche_mm.registry import Range
 
+from .finetune import FineTune
 from ._prompting import PromptMethodPlugin, PromptStrategy, frozen_backbone, method_problem
 from .registry import BuildContext, CheckContext, register_method
 
@@ -124,7 +125,8 @@ def _check(ctx: CheckContext, params: Dict[str, Any]) -> List[str]:
                  params_from=L2P, model_kinds=("clip",), family="prompt",
                  reference="Wang et al., CVPR 2022", check=_check)
 def _build(ctx: BuildContext, params: dict):
-    strategy = L2P(**ctx.common_kwargs(L2P), **params)
+    # the template and schedule arguments are FineTune's (the constructor passes them on)
+    strategy = L2P(**ctx.common_kwargs(FineTune), **params)
     strategy.optimizer = ctx.optimizer()
     return strategy
 

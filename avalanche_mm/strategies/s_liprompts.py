@@ -51,6 +51,7 @@ from avalanche_mm.models.attach.prompt_pool import VisionPromptInjector, frozen_
 from avalanche_mm.models.attach.prompts import TextContextPrompts
 from avalanche_mm.registry import Range
 
+from .finetune import FineTune
 from ._prompting import PromptMethodPlugin, PromptStrategy, backbone_sizes, frozen_backbone, method_problem
 from .registry import BuildContext, CheckContext, register_method
 from .template import resolve_collate
@@ -133,14 +134,15 @@ class SLiPromptBank(nn.Module):
     towers = ("vision", "text")
 
     def __init__(self, *, n_domains: int, prompt_length: int, vision_width: int, n_ctx: int, text_width: int,
-                 n_clusters: int, feature_dim: int):
+                 n_clusters: int, feature_dim: int, text_init: Optional[Tensor] = None):
         super().__init__()
         bound = 1.0 / math.sqrt(vision_width)  # nn.Linear(width, length).weight, as the released code
         self.image_prompts = nn.ParameterList(
             [nn.Parameter(torch.empty(prompt_length, vision_width).uniform_(-bound, bound)) for _ in range(n_domains)]
         )
         self.text_contexts = nn.ParameterList(
-            [nn.Parameter(torch.randn(n_ctx, text_width) * 0.02) for _ in range(n_domains)]
+            [nn.Parameter(text_init.clone().float() if text_init is not None else torch.randn(n_ctx, text_width) * 0.02)
+             for _ in range(n_domains)]
         )
         self.register_buffer("centroids", torch.zeros(n_domains, n_clusters, feature_dim))
         self.register_buffer("learned", torch.zeros((), dtype=torch.long))
@@ -163,13 +165,15 @@ class SLiPromptsPlugin(PromptMethodPlugin):
     :param n_clusters: K of K-means per domain.
     :param distance: ``"l1"`` (released code) or ``"l2"``.
     :param seed: K-means seed.
+    :param text_init: None (random N(0, 0.02), the released code) or a phrase of exactly
+        ``n_ctx`` tokens whose embeddings start every domain's context (CoOp's ``"a photo of a"``).
     :param image_key: batch key of the images.
     :param name: attachment name on the backbone.
     """
 
     def __init__(self, *, backbone, class_names, n_domains: int, prompt_length: int = 10, n_ctx: int = 16,
-                 n_clusters: int = 5, distance: str = "l1", seed: int = 0, image_key: str = "image",
-                 name: str = "slip"):
+                 n_clusters: int = 5, distance: str = "l1", seed: int = 0, text_init: Optional[str] = None,
+                 image_key: str = "image", name: str = "slip"):
         super().__init__(backbone=backbone, image_key=image_key)
         if distance not in ("l1", "l2"):
             raise ValueError(f"S-liPrompts: distance must be 'l1' or 'l2', got {distance!r}.")
@@ -179,14 +183,15 @@ class SLiPromptsPlugin(PromptMethodPlugin):
         self.n_clusters = n_clusters
         self.distance = distance
         self.seed = int(seed)
+        self.text = TextContextPrompts(backbone=backbone, n_ctx=n_ctx, init=text_init).to(backbone.device)
+        self.text.ctx.requires_grad_(False)  # the per-domain contexts come from the bank
         self.bank = SLiPromptBank(n_domains=n_domains, prompt_length=prompt_length,
                                   vision_width=backbone.width("vision"), n_ctx=n_ctx,
                                   text_width=backbone.width("text"), n_clusters=n_clusters,
-                                  feature_dim=backbone.embed_dim)
+                                  feature_dim=backbone.embed_dim,
+                                  text_init=self.text.ctx[0].detach() if text_init is not None else None)
         backbone.add_attachment(f"{name}_bank", self.bank.to(backbone.device))
         self.injector = VisionPromptInjector(backbone=backbone).attach(backbone, name=f"{name}_image")
-        self.text = TextContextPrompts(backbone=backbone, n_ctx=n_ctx).to(backbone.device)
-        self.text.ctx.requires_grad_(False)  # the per-domain contexts come from the bank
         self.text.attach(backbone, name=f"{name}_text")
         self.bank.set_trainable(None)
         self._ids: Optional[Tensor] = None
@@ -339,6 +344,8 @@ class SLiPrompts(PromptStrategy):
     :param n_ctx: text context tokens per domain.
     :param n_clusters: K of K-means (centroids per domain).
     :param distance: distance to centroids, ``l1`` (released code) or ``l2``.
+    :param text_init: None (random, the released code) or a phrase of exactly n_ctx tokens
+        initialising every domain's text context (e.g. "a photo of a" for n_ctx 4).
     :param image_key: batch key of the images.
     :param seed: K-means seed.
     :param base_kwargs: :class:`~avalanche_mm.strategies.FineTune` arguments.
@@ -350,6 +357,7 @@ class SLiPrompts(PromptStrategy):
                  n_ctx: Annotated[int, Range(ge=1)] = 16,
                  n_clusters: Annotated[int, Range(ge=1)] = 5,
                  distance: Literal["l1", "l2"] = "l1",
+                 text_init: Optional[str] = None,
                  image_key: str = "image", seed: int = 0, **base_kwargs):
         if n_domains is None:
             raise ValueError("S-liPrompts: n_domains is needed (one prompt pair per domain); give the number of experiences.")
@@ -367,7 +375,7 @@ class SLiPrompts(PromptStrategy):
             )
         plugin = SLiPromptsPlugin(backbone=backbone, class_names=names, n_domains=n_domains,
                                   prompt_length=prompt_length, n_ctx=n_ctx, n_clusters=n_clusters,
-                                  distance=distance, seed=seed, image_key=image_key)
+                                  distance=distance, seed=seed, text_init=text_init, image_key=image_key)
         super().__init__(model=model, optimizer=optimizer, prompt_plugin=plugin, forward_fn=plugin.logits,
                          **base_kwargs)
 
@@ -404,10 +412,11 @@ def _check(ctx: CheckContext, params: Dict[str, Any]) -> List[str]:
                  params_from=SLiPrompts, model_kinds=("clip",), family="prompt",
                  reference="Wang et al., NeurIPS 2022", check=_check)
 def _build(ctx: BuildContext, params: dict):
+    # the template and schedule arguments are FineTune's (the constructor passes them on)
     params = dict(params)
     if params.get("n_domains") is None:
         params["n_domains"] = ctx.bundle.n_experiences
-    strategy = SLiPrompts(**ctx.common_kwargs(SLiPrompts), **params)
+    strategy = SLiPrompts(**ctx.common_kwargs(FineTune), **params)
     strategy.optimizer = ctx.optimizer()
     return strategy
 

@@ -114,6 +114,10 @@ def test_run_every_prompt_method_and_resume(tmp_path):
         assert st["complete"] and len(st["rows"]) == 2
         finals[name] = st["rows"][-1]
     assert _state(out, "s-liprompts")["scalars"][-1]["DomainSelectionAcc_Stream"] >= 0.0
+    for name in STRATEGIES:  # the study's step budget reaches the prompt strategies (2 per experience)
+        rows = [json.loads(line) for line in open(os.path.join(out, "dom", name, "metrics.jsonl"))]
+        steps = [r["x_plot"] for r in rows if r["metric"] == "TrainTime_Exp"]
+        assert steps == [2, 4], (name, steps)
     # pretend every method stopped after its first experience: the rerun resumes from
     # that checkpoint and ends with the same accuracies as the uninterrupted run
     for name in STRATEGIES:
