@@ -416,7 +416,7 @@ def _build(ctx: BuildContext, params: dict):
     params = dict(params)
     if params.get("n_domains") is None:
         params["n_domains"] = ctx.bundle.n_experiences
-    strategy = SLiPrompts(**ctx.common_kwargs(FineTune), **params)
+    strategy = SLiPrompts(**ctx.common_kwargs(FineTune), seed=ctx.seed, **params)
     strategy.optimizer = ctx.optimizer()
     return strategy
 
