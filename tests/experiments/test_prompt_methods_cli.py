@@ -31,7 +31,7 @@ CFG = {
         "benchmark": BENCH,
         "model": {"kind": "clip", "backbone": "demo-clip", "freeze": ["logit_scale"]},
         "training": {"iterations": 2, "batch_size": 4, "lr": 0.01, "optimizer": "sgd"},
-        "evaluation": {"initial": False, "alignment": False},
+        "evaluation": {"initial": False, "alignment": False, "metrics": {"parameters": {}}},
         "strategies": STRATEGIES,
     }},
 }
@@ -65,8 +65,8 @@ def _problems(bundle, method, params, model=None):
     model_cfg = cfg["studies"]["dom"]["model"]
     ctx = CheckContext(key="studies.dom.strategies.a", kind=model_cfg["kind"], model=model_cfg, benchmark=BENCH,
                        training={}, bundle=bundle, model_key="studies.dom.model")
-    if not errors:
-        errors = METHODS[method].problems(ctx, params)
+    # load_config runs the checks without the built benchmark; `check`/`run` add the bundle
+    errors += [p for p in METHODS[method].problems(ctx, params) if p not in errors]
     return "\n".join(errors)
 
 
@@ -86,9 +86,9 @@ def test_check_names_method_model_and_need(bundle):
     assert "n_clusters" in text
     text = _problems(bundle, "s-liprompts", {"n_ctx": 4, "n_clusters": 50})
     assert "n_clusters: S-liPrompts" in text and "12 training samples" in text
-    text = _problems(bundle, "coda-prompt", {"pool_size": 5, "prompt_length": 4})
+    text = _problems(bundle, "coda-prompt", {"pool_size": 5, "prompt_length": 4, "layers": [0, 1]})
     assert "multiple of the 2 tasks" in text
-    text = _problems(bundle, "coda-prompt", {"pool_size": 4, "prompt_length": 3})
+    text = _problems(bundle, "coda-prompt", {"pool_size": 4, "prompt_length": 3, "layers": [0, 1]})
     assert "even number" in text
     text = _problems(bundle, "dualprompt", {"e_layers": [7]})
     assert "strategies.a.e_layers" in text and "outside the image tower (2 blocks)" in text
@@ -118,6 +118,10 @@ def test_run_every_prompt_method_and_resume(tmp_path):
         rows = [json.loads(line) for line in open(os.path.join(out, "dom", name, "metrics.jsonl"))]
         steps = [r["x_plot"] for r in rows if r["metric"] == "TrainTime_Exp"]
         assert steps == [2, 4], (name, steps)
+    # the cost metrics report what trains per experience: S-liPrompts one domain's 2 image tokens
+    # and 4 text tokens of width 64 (demo-clip), nothing of the backbone
+    rows = [json.loads(line) for line in open(os.path.join(out, "dom", "s-liprompts", "metrics.jsonl"))]
+    assert [r["value"] for r in rows if r["metric"] == "Params_Trainable_Exp"] == [384, 384]
     # pretend every method stopped after its first experience: the rerun resumes from
     # that checkpoint and ends with the same accuracies as the uninterrupted run
     for name in STRATEGIES:
