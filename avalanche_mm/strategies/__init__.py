@@ -31,6 +31,11 @@ __all__ += [
     "ER",
 ]
 
+# architecture family (issue 12)
+from .moe_adapters import DDASRouting, MoEAdapters, MoEAdaptersPlugin  # noqa: E402
+
+__all__ += ["MoEAdapters", "MoEAdaptersPlugin", "DDASRouting"]
+
 # prompt-based methods on a frozen CLIP (issue 12): one module per method
 from .l2p import L2P, L2PPlugin  # noqa: E402
 from .dualprompt import DualPrompt, DualPromptPlugin  # noqa: E402
