@@ -121,6 +121,14 @@ def training_time(ctx: MetricContext) -> List[Any]:
     return [TrainingTime()]
 
 
+@register_metric("parameters", summary="trainable and total parameters per training experience (and cumulative trainable)",
+                 logged="Params_Trainable_Exp, Params_Total_Exp, Params_TotalGrowth_Exp, Params_TrainableCumulative_Exp")
+def parameters(ctx: MetricContext) -> List[Any]:
+    from avalanche_mm.metrics.cost import ParameterCount
+
+    return [ParameterCount()]
+
+
 def imbalance_passes(n: int, p: Dict[str, Any]) -> int:
     """Extra forward passes per minibatch of :func:`modality_imbalance` for ``n`` modalities."""
     if n < 2:

@@ -42,3 +42,23 @@ __all__ += [
 from .moe_adapters import DDASRouting, MoEAdapters, MoEAdaptersPlugin  # noqa: E402
 
 __all__ += ["MoEAdapters", "MoEAdaptersPlugin", "DDASRouting"]
+
+# prompt-based methods on a frozen CLIP (issue 12): one module per method
+from .l2p import L2P, L2PPlugin  # noqa: E402
+from .dualprompt import DualPrompt, DualPromptPlugin  # noqa: E402
+from .coda_prompt import CODAPrompt, CODAPromptPlugin  # noqa: E402
+from .s_liprompts import SLiPrompts, SLiPromptsPlugin  # noqa: E402
+from .attriclip import AttriCLIP, AttriCLIPPlugin  # noqa: E402
+
+__all__ += [
+    "L2P",
+    "L2PPlugin",
+    "DualPrompt",
+    "DualPromptPlugin",
+    "CODAPrompt",
+    "CODAPromptPlugin",
+    "SLiPrompts",
+    "SLiPromptsPlugin",
+    "AttriCLIP",
+    "AttriCLIPPlugin",
+]
