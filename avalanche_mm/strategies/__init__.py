@@ -28,3 +28,8 @@ __all__ += [
     "ZSCL",
     "ZSCLPlugin",
 ]
+
+# audio-visual and modality-imbalance methods (issue 13)
+from .ogm_ge import OGMGE, OGMGEPlugin  # noqa: E402
+
+__all__ += ["OGMGE", "OGMGEPlugin"]
