@@ -581,8 +581,13 @@ def build_fusion_model(model_cfg: Mapping[str, Any], bundle: BenchmarkBundle, *,
             fusion_dim=params.get("fusion_dim"),
             dropout=float(params.get("dropout", 0.0)),
         )
+    elif name == "av-cil":  # AV-CIL's audio-guided attention network (models/fusion/avcil.py)
+        from avalanche_mm.data import get_modality_specs
+        from avalanche_mm.models.fusion import build_avcil_model
+
+        model = build_avcil_model(get_modality_specs(bundle.scenario.train_stream[0].dataset), n_classes, params)
     else:
-        raise KeyError(f"model.name: got {name!r}, expected 'fusion' or 'toy-fusion'.")
+        raise KeyError(f"model.name: got {name!r}, expected 'fusion', 'toy-fusion' or 'av-cil'.")
     freeze = [f for f in (model_cfg.get("freeze") or []) if f != "logit_scale"]
     _apply_freeze(model, model, freeze)
     return model
@@ -601,6 +606,7 @@ def list_models() -> Dict[str, str]:
     out["clip: <open_clip name> / hf:<id> / folder"] = "any open_clip or HF CLIP model (pretrained weights on disk)"
     out["fusion: fusion"] = "FusionModel with automatic per-modality encoders (params: fusion, hidden, conv_channels, vocab_size)"
     out["fusion: toy-fusion"] = "late-fusion net of the toy stream (image, text, audio)"
+    out["fusion: av-cil"] = "AV-CIL audio-guided attention network (params: inputs features|raw, hidden, frames)"
     return out
 
 

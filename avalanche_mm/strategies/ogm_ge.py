@@ -348,7 +348,7 @@ def _check(ctx: CheckContext, params: dict) -> List[str]:
     check=_check,
 )
 def _build(ctx: BuildContext, params: dict):
-    return OGMGE(**ctx.common_kwargs(OGMGE), **params)
+    return OGMGE(**ctx.common_kwargs(FineTune), **params)  # FineTune's schedule arguments
 
 
 __all__ = [
