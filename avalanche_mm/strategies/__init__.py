@@ -32,5 +32,6 @@ __all__ += [
 # audio-visual and modality-imbalance methods (issue 13)
 from .ogm_ge import OGMGE, OGMGEPlugin  # noqa: E402
 from .av_cil import AVCIL, AVCILPlugin, ExemplarReplayPlugin  # noqa: E402
+from .samm import SAMM, SAMMPlugin  # noqa: E402
 
-__all__ += ["OGMGE", "OGMGEPlugin", "AVCIL", "AVCILPlugin", "ExemplarReplayPlugin"]
+__all__ += ["OGMGE", "OGMGEPlugin", "AVCIL", "AVCILPlugin", "ExemplarReplayPlugin", "SAMM", "SAMMPlugin"]
