@@ -287,6 +287,10 @@ class OGMGE(FineTune):
     :param scope: ``"weights"`` (encoder parameters with ``dim >= 2``) or ``"all"``.
     :param start_epoch: first epoch (within each experience) with modulation.
     :param end_epoch: last epoch with modulation (inclusive; None: all).
+    :param mem_size: None: plain fine-tuning + OGM-GE; an int: experience replay with this
+        memory (Avalanche ``ReplayPlugin``, as the ``er`` method) + OGM-GE, the plugin on
+        another strategy.
+    :param storage_policy: the replay memory's Avalanche storage policy (with ``mem_size``).
     :param kwargs: :class:`~avalanche_mm.strategies.FineTune` arguments.
     """
 
@@ -301,13 +305,26 @@ class OGMGE(FineTune):
         scope: Literal["weights", "all"] = "weights",
         start_epoch: Annotated[int, Range(ge=0)] = 0,
         end_epoch: Optional[Annotated[int, Range(ge=0)]] = None,
+        mem_size: Optional[Annotated[int, Range(ge=1)]] = None,
+        storage_policy: Literal["class_balanced", "experience_balanced", "reservoir"] = "class_balanced",
         plugins: Optional[List[SupervisedPlugin]] = None,
         **kwargs,
     ):
         self.ogm_plugin = OGMGEPlugin(
             alpha=alpha, noise=noise, formula=formula, scope=scope, start_epoch=start_epoch, end_epoch=end_epoch
         )
-        super().__init__(model=model, optimizer=optimizer, plugins=list(plugins or []) + [self.ogm_plugin], **kwargs)
+        extra: List[SupervisedPlugin] = []
+        self.replay_plugin = None
+        if mem_size is not None:
+            from avalanche_mm.strategies.av_cil import make_storage_policy
+            from avalanche_mm.strategies.plugins import ReplayPlugin
+
+            bs = int(kwargs.get("train_mb_size", 32))
+            self.replay_plugin = ReplayPlugin(
+                mem_size=mem_size, batch_size=bs, batch_size_mem=bs, storage_policy=make_storage_policy(storage_policy, mem_size)
+            )
+            extra.append(self.replay_plugin)
+        super().__init__(model=model, optimizer=optimizer, plugins=extra + list(plugins or []) + [self.ogm_plugin], **kwargs)
 
 
 # ---------------------------------------------------------------------------
