@@ -475,9 +475,41 @@ def _check_study(sname: str, study: Dict[str, Any], errors: List[str]) -> None:
                 + f", but {key}.model.kind is {kind!r}"
             )
         merged = {**training, **{k: v for k, v in (entry.get("training") or {}).items()}}
+        if spec.check is not None and kind in MODEL_KINDS and kind in spec.model_kinds:
+            errors.extend(_method_problems(spec, key, stname, entry, study, merged))
         lrs = merged.get("lr_per_experience")
         if lrs is not None and any((not isinstance(v, float)) or v < 0 for v in lrs):
             errors.append(f"{key}.strategies.{stname}.training.lr_per_experience: got {lrs!r}, expected numbers >= 0")
+
+
+_BUNDLES: Dict[str, Any] = {}
+
+
+def _cheap_bundle(bench: Mapping[str, Any], seed: int) -> Any:
+    """The built benchmark of the offline worlds (cached per config), else None."""
+    from .registry import BUILTIN, build_benchmark
+
+    if not isinstance(bench, Mapping) or bench.get("name") not in BUILTIN or bench.get("name") == "demo-mtil":
+        return None
+    fp = fingerprint({"bench": dict(bench), "seed": seed})
+    if fp not in _BUNDLES:
+        _BUNDLES.clear()
+        _BUNDLES[fp] = build_benchmark(bench, seed=seed)
+    return _BUNDLES[fp]
+
+
+def _method_problems(spec, key: str, stname: str, entry: Mapping[str, Any], study: Mapping[str, Any],
+                     training: Mapping[str, Any]) -> List[str]:
+    """What the method's ``check`` finds wrong with the study (model, benchmark, parameters)."""
+    from avalanche_mm.strategies.registry import CheckContext
+
+    ctx = CheckContext(
+        key=f"{key}.strategies.{stname}", kind=(study.get("model") or {}).get("kind"), model=study.get("model") or {},
+        benchmark=study.get("benchmark") or {}, training=dict(training), model_key=f"{key}.model",
+        bundle=_cheap_bundle(study.get("benchmark") or {}, int(study.get("seed") or 0)),
+    )
+    params = {k: v for k, v in entry.items() if k not in ("method", "training")}
+    return list(spec.problems(ctx, params))
 
 
 def load_config(
