@@ -524,6 +524,9 @@ def build_report(out: str, *, log: Callable = print, plots: Optional[bool] = Non
             htm += [f"<h3>{html.escape(caption)}</h3>", html_table(table)]
         if do_plots:
             files = plot_study(plot_dir, sname, sts, names)
+            from .plots_modality import plot_modality_dynamics  # OGM-GE coefficient, per-modality forgetting
+
+            files.update(plot_modality_dynamics(plot_dir, sname, out, sts))
             for caption, fname in files.items():
                 md += [f"### {caption}", "", f"![{caption}](plots/{fname})", ""]
                 htm += [f"<h3>{html.escape(caption)}</h3>", f'<img src="plots/{html.escape(fname)}" alt="{html.escape(caption)}">']

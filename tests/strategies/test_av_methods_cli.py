@@ -74,6 +74,16 @@ def test_run_three_methods_and_resume(tmp_path, monkeypatch):
     coeffs = [r for r in _records(straight, "late", "ogm") if r[0].startswith("OGMGE_Coeff_")]
     assert {r[0].split("/")[0] for r in coeffs} == {"OGMGE_Coeff_audio_MB", "OGMGE_Coeff_image_MB"}
     assert all(0 < r[2] <= 1 for r in coeffs)
+    # the report's modality plots and numbers
+    from avalanche_mm.experiments.plots_modality import forgetting_curves, ogm_coefficient_summary, plot_modality_dynamics
+
+    summary = ogm_coefficient_summary(os.path.join(straight, "late", "ogm"))
+    audio = [r[2] for r in coeffs if "audio" in r[0]]
+    assert summary["ogm_coeff_mean:audio"] == pytest.approx(sum(audio) / len(audio))
+    states = [json.load(open(os.path.join(straight, "late", s, "state.json"))) for s in ("ogm", "samm")]
+    assert set(forgetting_curves(states[0])) == {"audio", "image"} and len(forgetting_curves(states[0])["audio"]) == 2
+    files = plot_modality_dynamics(str(tmp_path / "plots"), "late", straight, states)
+    assert len(files) == 2 and all(os.path.getsize(tmp_path / "plots" / f) > 0 for f in files.values())
 
     import avalanche_mm.experiments.runner as runner
 
