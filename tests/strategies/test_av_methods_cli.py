@@ -111,3 +111,14 @@ def test_check_names_what_each_method_needs(tmp_path, capsys):
     assert "av-cil" in err and "pre-extracted" in err and "[3, 8, 8]" in err
     assert "studies.att.strategies.avcil.mem_size: av-cil got a memory of 3 exemplars for 4 classes" in err
     assert "studies.att.strategies.samm.mem_size: samm got a memory of 2 exemplars for 4 classes" in err
+
+
+@pytest.mark.parametrize("recipe", ["avcil-ave", "avcil-kinetics-sounds", "avcil-vggsound100",
+                                    "samm-seq-vggsound", "samm-dom-vggsound", "samm-gcil-vggsound"])
+def test_recipes_fail_cleanly_without_data(recipe, capsys, tmp_path):
+    assert main(["check", f"av/{recipe}"]) != 0
+    err = capsys.readouterr().err
+    assert "data_root: missing" in err and "Traceback" not in err
+    study = recipe.split("-", 1)[1]
+    assert main(["check", f"av/{recipe}", "--set", f"studies.{study}.benchmark.data_root={tmp_path / 'nowhere'}"]) != 0
+    assert "expected an existing folder" in capsys.readouterr().err
