@@ -1,8 +1,6 @@
 """AV-CIL: the network's attention and every loss term against hand-written references of the
 released code, each term's effect on the gradient, where it must be zero, and the exemplar memory."""
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
