@@ -352,7 +352,9 @@ def check_per_modality_outputs(ctx: CheckContext, method: str) -> List[str]:
 
 
 def _check(ctx: CheckContext, params: dict) -> List[str]:
-    return check_per_modality_outputs(ctx, "ogm-ge")
+    from avalanche_mm.strategies.av_cil import check_memory
+
+    return check_per_modality_outputs(ctx, "ogm-ge") + check_memory(ctx, params, "ogm-ge")
 
 
 @register_method(
