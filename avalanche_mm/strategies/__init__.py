@@ -15,6 +15,7 @@ from .zeroshot import ZeroShot, ZeroShotPlugin  # noqa: E402
 from .clip_lwf import CLIPLwF, CLIPLwFPlugin  # noqa: E402
 from .wiseft import WiSEFT, WiSEFTPlugin  # noqa: E402
 from .zscl import ZSCL, ZSCLPlugin  # noqa: E402
+from .er import ER  # noqa: E402
 
 __all__ += [
     "FineTune",
@@ -27,6 +28,7 @@ __all__ += [
     "WiSEFTPlugin",
     "ZSCL",
     "ZSCLPlugin",
+    "ER",
 ]
 
 # audio-visual and modality-imbalance methods (issue 13)

@@ -466,23 +466,8 @@ def _check(ctx: CheckContext, params: dict) -> List[str]:
         out.append(
             f"{mkey}.name: av-cil needs its audio-visual attention network, model.name 'av-cil'; got {model.get('name')!r}"
         )
-    inputs = (model.get("params") or {}).get("inputs", "features")
-    bundle = ctx.bundle
-    if bundle is not None and model.get("name") == "av-cil":
-        from avalanche_mm.data import get_modality_specs
-        from avalanche_mm.models.fusion.avcil import _visual_key, avcil_feature_problem
-
-        specs = get_modality_specs(bundle.scenario.train_stream[0].dataset)
-        vkey = _visual_key(list(specs))
-        if "audio" not in specs or vkey is None:
-            out.append(
-                f"{ctx.key}.method: av-cil needs pre-extracted audio and visual features; benchmark "
-                f"{bundle.name!r} has modalities {list(specs)}"
-            )
-        elif inputs == "features":
-            problem = avcil_feature_problem(specs["audio"].shape, specs[vkey].shape)
-            if problem:
-                out.append(f"{ctx.key}.method: av-cil on benchmark {bundle.name!r}: {problem}")
+    # the data (pre-extracted audio and visual features, or inputs: raw) is checked by the model
+    # av-cil itself (models/fusion/avcil.py), so it is reported once
     out.extend(check_memory(ctx, params, "av-cil"))
     return out
 

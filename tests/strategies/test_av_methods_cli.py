@@ -67,7 +67,7 @@ class _Interrupt(SupervisedPlugin):
             raise KeyboardInterrupt("simulated interruption")
 
 
-def test_run_three_methods_and_resume(tmp_path, monkeypatch):
+def test_run_three_methods_and_resume(tmp_path):
     path = _write(str(tmp_path), CFG)
     straight, broken = str(tmp_path / "straight"), str(tmp_path / "broken")
     assert main(["run", path, "--output", straight, "--no-report"]) == 0
@@ -85,14 +85,14 @@ def test_run_three_methods_and_resume(tmp_path, monkeypatch):
     files = plot_modality_dynamics(str(tmp_path / "plots"), "late", straight, states)
     assert len(files) == 2 and all(os.path.getsize(tmp_path / "plots" / f) > 0 for f in files.values())
 
-    import avalanche_mm.experiments.runner as runner
+    from avalanche_mm.experiments.runner import run_experiment
 
-    real = runner._debug_plugins
-    monkeypatch.setattr(runner, "_debug_plugins", lambda out, study, strategy: [_Interrupt()] if strategy in ("samm", "avcil") else real(out, study, strategy))
+    def interrupt(ctx):
+        return _Interrupt() if ctx.strategy in ("samm", "avcil") else None
+
     with pytest.raises(KeyboardInterrupt):
-        main(["run", path, "--output", broken, "--no-report"])
+        run_experiment(path, output_dir=broken, report=False, extra_plugins=[interrupt])
     assert _state(broken, "late", "samm")["finished"] == [0]
-    monkeypatch.setattr(runner, "_debug_plugins", real)
     assert main(["run", path, "--output", broken, "--no-report"]) == 0
     for study, strategy in (("late", "ogm"), ("late", "samm"), ("att", "avcil")):
         assert _state(broken, study, strategy) == _state(straight, study, strategy), strategy
@@ -101,13 +101,19 @@ def test_run_three_methods_and_resume(tmp_path, monkeypatch):
 
 def test_check_names_what_each_method_needs(tmp_path, capsys):
     cfg = json.loads(json.dumps(CFG))
+    del cfg["studies"]["att"]
     cfg["studies"]["late"]["model"] = {"kind": "fusion", "name": "toy-fusion"}
     cfg["studies"]["late"]["strategies"] = {"ogm": {"method": "ogm-ge"}}
+    assert main(["check", _write(str(tmp_path), cfg)]) != 0
+    err = capsys.readouterr().err
+    assert "ogm-ge needs per-modality outputs" in err and "'toy-fusion'" in err
+
+    cfg = json.loads(json.dumps(CFG))
+    del cfg["studies"]["late"]
     cfg["studies"]["att"]["model"]["params"] = {}  # features expected, the world has raw image + spectrogram
     cfg["studies"]["att"]["strategies"] = {"avcil": {"method": "av-cil", "mem_size": 3}, "samm": {"method": "samm", "mem_size": 2}}
     assert main(["check", _write(str(tmp_path), cfg)]) != 0
     err = capsys.readouterr().err
-    assert "ogm-ge needs per-modality outputs" in err and "'toy-fusion'" in err
     assert "av-cil" in err and "pre-extracted" in err and "[3, 8, 8]" in err
     assert "studies.att.strategies.avcil.mem_size: av-cil got a memory of 3 exemplars for 4 classes" in err
     assert "studies.att.strategies.samm.mem_size: samm got a memory of 2 exemplars for 4 classes" in err

@@ -38,13 +38,16 @@ F frames, spectrograms ``[F, L]`` a 1-D conv audio vector.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Dict, Iterable, Optional, Sequence
+from typing import Annotated, Dict, Iterable, List, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avalanche_mm.registry import Range
+
 from .encoders import SequenceEncoder
+from .registry import register_fusion_model
 
 #: logit given to inactive (not yet seen) classes
 MASK_VALUE = -1e4
@@ -297,4 +300,48 @@ def avcil_feature_problem(audio_shape: Sequence[int], visual_shape: Sequence[int
     return None
 
 
-__all__ = ["AVCILNet", "ConvTokens", "build_avcil_model", "avcil_feature_problem", "MASK_VALUE"]
+def _check_avcil(specs: Mapping, params: Mapping, key: str) -> List[str]:
+    """What model ``av-cil`` needs from the data (``key`` is ``...model.params``)."""
+    mods = list(specs)
+    vkey = _visual_key(mods)
+    model_key = key.rsplit(".", 1)[0]
+    if "audio" not in specs or vkey is None:
+        return [f"{model_key}.name: model 'av-cil' needs an 'audio' and a visual ('video', 'visual' or 'image') modality; the data has {mods}"]
+    if params.get("inputs", "features") == "features":
+        problem = avcil_feature_problem(specs["audio"].shape, specs[vkey].shape)
+        if problem:
+            return [f"{key}.inputs: AV-CIL's model 'av-cil' expects pre-extracted features: {problem}"]
+    return []
+
+
+@register_fusion_model("av-cil", check=_check_avcil)
+def av_cil(
+    *,
+    specs: Mapping,
+    num_classes: int,
+    inputs: Literal["features", "raw"] = "features",
+    hidden: Optional[Annotated[int, Range(ge=1)]] = None,
+    frames: Optional[Annotated[int, Range(ge=1)]] = None,
+    token_dim: Annotated[int, Range(ge=1)] = 32,
+    audio_dim: Annotated[int, Range(ge=1)] = 32,
+    conv_channels: List[int] = (16,),
+) -> nn.Module:
+    """AV-CIL's audio-guided attention network over pre-extracted audio and visual features.
+
+    :param inputs: ``"features"`` (pre-extracted AudioMAE/VideoMAE features, the paper) or
+        ``"raw"`` (small learned encoders in front: images/videos and spectrograms).
+    :param hidden: fused feature size (default: the visual token size).
+    :param frames: T, to reshape visual tokens given as ``[T*S, D]`` (default 8).
+    :param token_dim: visual token size of the raw-input CNN.
+    :param audio_dim: audio feature size of the raw-input encoder.
+    :param conv_channels: channels of the raw-input CNN.
+    """
+    params = {"inputs": inputs, "token_dim": token_dim, "audio_dim": audio_dim, "conv_channels": list(conv_channels)}
+    if hidden is not None:
+        params["hidden"] = hidden
+    if frames is not None:
+        params["frames"] = frames
+    return build_avcil_model(specs, num_classes, params)
+
+
+__all__ = ["AVCILNet", "av_cil", "ConvTokens", "build_avcil_model", "avcil_feature_problem", "MASK_VALUE"]
