@@ -26,6 +26,49 @@ Count = Annotated[int, Range(ge=1)]
 Fraction = Annotated[float, Range(ge=0.0, lt=1.0)]
 
 
+#: help text of the parameters the world benchmarks share (appended to their docstrings)
+_PARAM_DOCS = {
+    "num_classes": "number of object classes.",
+    "num_experiences": "number of experiences (must divide num_classes).",
+    "train_per_class": "training samples per class.",
+    "test_per_class": "test samples per class.",
+    "modalities": "the modalities of the samples (image, text, audio).",
+    "seed": "seed of classes, order and sampling (default: the run's seed).",
+    "task_labels": "task-incremental variant (task label = experience index).",
+    "validation_size": "fraction of each class held out in a valid stream.",
+    "missing_rates": "modality -> probability that a training sample lacks it.",
+    "test_missing_rates": "modality -> probability that a test sample lacks it.",
+    "world_seed": "seed of the world (its objects, renderings and vocabulary).",
+    "image_size": "side of the rendered images (a CLIP run sets it to the backbone's).",
+    "shapes": "number of shapes of the world (or their names).",
+    "colours": "number of colours of the world (or their names).",
+    "textures": "number of textures of the world (or their names).",
+    "sizes": "number of sizes of the world (or their names).",
+    "num_domains": "number of rendering styles / vocabularies.",
+    "noise": "modality -> noise level in [0, 1] (a weak modality).",
+    "modality_attributes": "modality -> the attributes it shows (hides the others).",
+    "audio_format": "spectrogram or waveform.",
+    "label_space": "global (one label space over the tasks) or local targets.",
+    "num_phases": "number of retrieval phases.",
+    "pairs_per_combination": "training image-caption pairs per attribute combination.",
+    "test_pairs_per_combination": "test pairs per attribute combination.",
+    "schedule": "the modalities present in each experience.",
+    "caption_noise": "probability that a caption names a random digit.",
+}
+
+
+def _documented(factory):
+    """Append ``:param:`` lines of :data:`_PARAM_DOCS` for the factory's parameters it does not document."""
+    import inspect
+
+    doc = factory.__doc__ or ""
+    lines = [f"    :param {n}: {_PARAM_DOCS[n]}" for n in inspect.signature(factory).parameters
+             if n in _PARAM_DOCS and f":param {n}:" not in doc]
+    if lines:
+        factory.__doc__ = doc.rstrip() + "\n\n" + "\n".join(lines) + "\n"
+    return factory
+
+
 def _even_split(n_classes_key: Optional[str], n_classes_default: int, k_key: str = "num_experiences", k_default: int = 5):
     """A check: the number of experiences must divide the number of classes."""
 
@@ -66,6 +109,7 @@ def _world(
 
 
 @register_benchmark("world-class-incremental", check=_even_split("num_classes", 10))
+@_documented
 def world_class_incremental(
     *,
     num_classes: Count = 10,
@@ -102,6 +146,7 @@ def world_class_incremental(
 
 
 @register_benchmark("world-task-incremental", check=_even_split("num_classes", 10))
+@_documented
 def world_task_incremental(
     *,
     num_classes: Count = 10,
@@ -128,6 +173,7 @@ def world_task_incremental(
 
 
 @register_benchmark("world-domain-incremental")
+@_documented
 def world_domain_incremental(
     *,
     num_classes: Count = 10,
@@ -152,6 +198,7 @@ def world_domain_incremental(
 
 
 @register_benchmark("world-mtil")
+@_documented
 def world_mtil(
     *,
     train_per_class: Count = 40,
@@ -173,6 +220,7 @@ def world_mtil(
 
 
 @register_benchmark("world-retrieval")
+@_documented
 def world_retrieval(
     *,
     num_phases: Count = 5,
@@ -191,6 +239,7 @@ def world_retrieval(
 
 
 @register_benchmark("world-modality-incremental")
+@_documented
 def world_modality_incremental(
     *,
     schedule: Sequence[Sequence[str]] = (("image",), ("image", "audio"), ("image", "audio", "text")),
@@ -211,6 +260,7 @@ def world_modality_incremental(
 
 
 @register_benchmark("digits-class-incremental", check=_even_split(None, 10))
+@_documented
 def digits(
     *,
     num_experiences: Count = 5,

@@ -154,7 +154,6 @@ def check_study(config: Mapping[str, Any], name: str, *, build: bool = True) -> 
             f"{len(bundle.scenario.test_stream)}; the accuracy matrix needs one test experience per training experience"
         )
     # reference split: pretraining and alignment need paired captions
-    has_ref_cfg = bool((bench_cfg.get("reference") or {}).get("images"))
     if bundle is not None:
         paired = bundle.reference is not None and bundle.reference.paired
     else:

@@ -37,3 +37,8 @@ from .av_cil import AVCIL, AVCILPlugin, ExemplarReplayPlugin  # noqa: E402
 from .samm import SAMM, SAMMPlugin  # noqa: E402
 
 __all__ += ["OGMGE", "OGMGEPlugin", "AVCIL", "AVCILPlugin", "ExemplarReplayPlugin", "SAMM", "SAMMPlugin"]
+
+# architecture family (issue 12)
+from .moe_adapters import DDASRouting, MoEAdapters, MoEAdaptersPlugin  # noqa: E402
+
+__all__ += ["MoEAdapters", "MoEAdaptersPlugin", "DDASRouting"]

@@ -34,7 +34,7 @@ class ShrinkPlugin(SupervisedPlugin):
     def before_backward(self, strategy, **kwargs):
         penalty = sum((p ** 2).sum() for p in strategy.model.parameters() if p.requires_grad)
         strategy.loss = strategy.loss + self.strength * penalty
-        CALLS.append(float(penalty))
+        CALLS.append(float(penalty.detach()))
 
 
 class Shrink(MultimodalSupervisedTemplate):
