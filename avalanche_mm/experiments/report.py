@@ -31,6 +31,7 @@ import numpy as np
 import yaml
 
 from .io import atomic_write_csv, atomic_write_json, atomic_write_text, read_json, read_jsonl
+from .plots_modality import plot_modality_dynamics
 from .state import read_state
 
 NAN = float("nan")
@@ -690,6 +691,7 @@ def report_context(out: str, *, plots: Optional[bool] = None) -> Dict[str, Any]:
         if do_plots:
             files = plot_study(os.path.join(out, "plots"), sname, sts, names,
                                training_series={st["strategy"]: series.get((sname, st["strategy"]), {}) for st in sts})
+            files.update(plot_modality_dynamics(os.path.join(out, "plots"), sname, out, sts))  # OGM-GE k, per-modality forgetting
             entry["plots"] = [{"caption": caption, "file": fname} for caption, fname in files.items()]
         entry["matrices"] = [{"strategy": st["strategy"], "method": st["method"], "rows": matrix_table(st, names)}
                              for st in sts]

@@ -38,6 +38,13 @@ __all__ += [
     "CTPPlugin",
 ]
 
+# audio-visual and modality-imbalance methods (issue 13)
+from .ogm_ge import OGMGE, OGMGEPlugin  # noqa: E402
+from .av_cil import AVCIL, AVCILPlugin, ExemplarReplayPlugin  # noqa: E402
+from .samm import SAMM, SAMMPlugin  # noqa: E402
+
+__all__ += ["OGMGE", "OGMGEPlugin", "AVCIL", "AVCILPlugin", "ExemplarReplayPlugin", "SAMM", "SAMMPlugin"]
+
 # architecture family (issue 12)
 from .moe_adapters import DDASRouting, MoEAdapters, MoEAdaptersPlugin  # noqa: E402
 
