@@ -11,7 +11,6 @@ import torch
 import yaml
 
 from avalanche_mm.cli import main
-from avalanche_mm.experiments.runner import DEBUG_HANG_ENV
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CFG = {
@@ -56,7 +55,7 @@ def _state(out):
     return {k: st[k] for k in ("finished", "rows", "baseline", "scalars", "complete")}
 
 
-def test_cli_run_killed_and_resumed_matches_straight_run(tmp_path):
+def test_cli_run_killed_and_resumed_matches_straight_run(tmp_path, hang_plugin):
     cfg_path = tmp_path / "moe.yaml"
     cfg_path.write_text(yaml.safe_dump(CFG, sort_keys=False))
     assert main(["check", str(cfg_path)]) == 0
@@ -65,10 +64,13 @@ def test_cli_run_killed_and_resumed_matches_straight_run(tmp_path):
     names = {r[0].split("/")[0] for r in _records(straight)}
     assert {"DDAS_ZeroShot_Exp", "DDAS_Task0_Exp", "Params_Trainable_Exp", "Params_TrainableCumulative_Exp"} <= names
 
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env[DEBUG_HANG_ENV] = "mtil/moe/1/1"  # hang in the 2nd experience, 2nd iteration
+    dist = hang_plugin(tmp_path / "dist")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, dist, os.environ.get("PYTHONPATH", "")]))
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # same float reductions as this process
+    env["HANG_AT"] = "mtil/moe/1/1"  # hang in the 2nd experience, 2nd iteration
     proc = subprocess.Popen(
-        [sys.executable, "-m", "avalanche_mm.cli", "run", str(cfg_path), "--output", killed, "--no-report"],
+        [sys.executable, "-m", "avalanche_mm.cli", "run", str(cfg_path), "--output", killed, "--no-report",
+         "--set", "plugins=[debug-hang]"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     marker = os.path.join(killed, ".debug-hang")
