@@ -68,8 +68,13 @@ def is_main_process() -> bool:
 
 
 def launched_by_torchrun() -> bool:
-    """True when this process was started by torchrun with a world size above 1."""
-    return all(k in os.environ for k in TORCHRUN_ENV) and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """True when this process was started by torchrun (any world size).
+
+    A 1-process torchrun run joins a process group too, so its loaders draw the
+    same global batches (Avalanche's ``DistributedSampler`` path) as an
+    N-process run with the same global batch: the reference for equivalence.
+    """
+    return all(k in os.environ for k in TORCHRUN_ENV)
 
 
 def env_world_size() -> int:
@@ -106,8 +111,8 @@ def choose_backend(backend: str, device: str) -> str:
 def init_from_env(*, backend: str = "auto", device: str = "auto", timeout_s: float = 300.0) -> torch.device:
     """Join the process group torchrun set up; return this rank's device.
 
-    Does nothing (and returns the plain device) outside torchrun or with a
-    world size of 1. On GPUs each rank takes ``cuda:LOCAL_RANK``.
+    Does nothing (and returns the plain device) outside torchrun. On GPUs
+    each rank takes ``cuda:LOCAL_RANK``.
 
     :param backend: ``auto`` (NCCL on GPUs, else gloo), ``gloo`` or ``nccl``.
     :param device: ``auto``, ``cpu``, ``cuda`` (the device kind; the index comes from LOCAL_RANK).
