@@ -15,6 +15,7 @@ from .zeroshot import ZeroShot, ZeroShotPlugin  # noqa: E402
 from .clip_lwf import CLIPLwF, CLIPLwFPlugin  # noqa: E402
 from .wiseft import WiSEFT, WiSEFTPlugin  # noqa: E402
 from .zscl import ZSCL, ZSCLPlugin  # noqa: E402
+from .er import ER  # noqa: E402
 
 __all__ += [
     "FineTune",
@@ -27,4 +28,10 @@ __all__ += [
     "WiSEFTPlugin",
     "ZSCL",
     "ZSCLPlugin",
+    "ER",
 ]
+
+# architecture family (issue 12)
+from .moe_adapters import DDASRouting, MoEAdapters, MoEAdaptersPlugin  # noqa: E402
+
+__all__ += ["MoEAdapters", "MoEAdaptersPlugin", "DDASRouting"]
