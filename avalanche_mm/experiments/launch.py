@@ -105,7 +105,8 @@ def launch(nproc: int, argv: Sequence[str], *, log=lambda m: print(m, file=sys.s
             data = getattr(failure, "error_file_data", None) or {}
             if isinstance(data, Mapping):
                 msg = str((data.get("message") or {}).get("message", "") if isinstance(data.get("message"), Mapping) else data.get("message", ""))
-            lines.append(f"rank {local_rank} exited with code {code}" + (f": {msg.splitlines()[0]}" if msg else ""))
+            msg = "" if msg.strip() in ("", "<NONE>") else msg.strip().splitlines()[0]
+            lines.append(f"rank {local_rank} exited with code {code}" + (f" ({msg})" if msg else ""))
         log(
             "avalanche-mm: the distributed run failed ("
             + "; ".join(lines or [str(err).splitlines()[0]])
