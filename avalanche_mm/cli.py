@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="run only this strategy (name or study/name; repeatable)")
     run.add_argument("--fresh", action="store_true", help="delete the results folder first instead of resuming")
     run.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    run.add_argument("--nproc-per-node", type=int, default=None, metavar="N",
+                     help="train data-parallel on N processes of this machine, started by torchrun (see docs/scaling.md)")
     lst = sub.add_parser("list", help="list benchmarks, strategies, models, metrics, loggers, plugins, recipes or config options; or show one entry")
     lst.add_argument("what", nargs="?", default=None, metavar="WHAT|NAME",
                      help=", ".join(LIST_WHAT) + ", or the name of one entry (a method, benchmark, model, metric group, logger or recipe)")
@@ -160,9 +162,38 @@ def cmd_list(what: Optional[str]) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
+def _launch(args, argv: Sequence[str]) -> int:
+    """``run --nproc-per-node N``: validate here, then start N processes through torchrun."""
+    from avalanche_mm import distributed as D
+    from avalanche_mm.experiments.config import ConfigError, load_config
+    from avalanche_mm.experiments.launch import check_distributed, launch
+    from avalanche_mm.experiments.runner import _select
+
+    n = args.nproc_per_node
+    cfg = load_config(args.config, overrides=args.overrides)
+    try:
+        D.check_launch(n, device=cfg["device"], backend=cfg["distributed"]["backend"],
+                       threads_per_proc=int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
+    except D.DistributedError as err:
+        raise ConfigError([str(err)]) from err
+    problems = check_distributed(cfg, world=n, selected=_select(cfg, args.only))
+    if problems:
+        raise ConfigError(problems)
+    rest = list(argv)
+    i = rest.index("--nproc-per-node") if "--nproc-per-node" in rest else None
+    if i is not None:
+        del rest[i: i + 2]
+    else:
+        rest = [a for a in rest if not a.startswith("--nproc-per-node=")]
+    return launch(n, rest)
+
+
+def cmd_run(args, argv: Sequence[str] = ()) -> int:
+    from avalanche_mm import distributed as D
     from avalanche_mm.experiments import run_experiment
 
+    if args.nproc_per_node is not None and not D.launched_by_torchrun():
+        return _launch(args, argv)
     start = time.time()
     summary = run_experiment(
         args.config,
@@ -172,7 +203,8 @@ def cmd_run(args) -> int:
         fresh=args.fresh,
         report=not args.no_report,
     )
-    print(f"done in {time.time() - start:.0f}s; results in {summary['output']}")
+    if D.is_main_process():
+        print(f"done in {time.time() - start:.0f}s; results in {summary['output']}")
     return 0
 
 
@@ -208,9 +240,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # Avalanche 0.6's own ReplayPlugin calls its deprecated storage-policy API every experience
     warnings.filterwarnings("ignore", message="Call to deprecated function update", category=DeprecationWarning)
+    from avalanche_mm.distributed import DistributedError
+    from avalanche_mm.distributed import rank as _dist_rank
     from avalanche_mm.experiments.config import ConfigError
 
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -224,7 +259,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             except ImportError as err:
                 raise ConfigError([str(err)]) from err
         if args.command == "run":
-            return cmd_run(args)
+            return cmd_run(args, argv)
         if args.command == "list":
             return cmd_list(args.what)
         if args.command == "report":
@@ -232,8 +267,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "check":
             return cmd_check(args)
     except ConfigError as err:
-        print(f"avalanche-mm: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank finds it: say it once
+            print(f"avalanche-mm: {err}", file=sys.stderr)
         return 2
+    except DistributedError as err:
+        print(f"avalanche-mm: rank {_dist_rank()}: {err}", file=sys.stderr)
+        return 1
     parser.error(f"unknown command {args.command!r}")
     return 2
 

@@ -114,6 +114,11 @@ TRAINING = Section(
             "bool", True, help="fresh optimizer state at every experience (as ZSCL's per-task runs)"
         ),
         "num_workers": Opt("int", 0, minimum=0, help="DataLoader workers"),
+        "precision": Opt(
+            "str", "fp32", choices=["fp32", "bf16"],
+            help="'bf16': forward passes and the loss under bfloat16 autocast (weights, gradients, optimizer stay fp32)",
+        ),
+        "tf32": Opt("bool", True, help="with precision bf16 on an Ampere-or-newer GPU, let float32 matmuls use TF32"),
     },
     help="training settings (a strategy's `training` overrides them)",
 )
@@ -256,6 +261,13 @@ SCHEMA = Section(
         "description": Opt("str", "", help="free text shown in the report"),
         "seed": Opt("int", 0, minimum=0, help="master seed"),
         "device": Opt("str", "auto", check=_check_device, help="'auto', 'cpu', 'cuda', 'cuda:N'"),
+        "distributed": Section(
+            {
+                "backend": Opt("str", "auto", choices=["auto", "gloo", "nccl"], help="process-group backend under torchrun (auto: NCCL on GPUs, else gloo)"),
+                "timeout": Opt("float", 300.0, minimum=1.0, help="seconds a rank waits in a collective before the run stops (a dead or hung rank)"),
+            },
+            help="data-parallel runs under torchrun / --nproc-per-node (see docs/scaling.md)",
+        ),
         "output": Opt("str", None, nullable=True, help="results folder (the CLI's --output wins)"),
         "progress_bar": Opt("bool", True, help="tqdm progress bars on training and evaluation"),
         "loggers": Opt(
@@ -594,7 +606,12 @@ def strategy_fingerprint(config: Mapping[str, Any], study_name: str, strategy_na
             "model": study["model"],
             # evaluation.metrics joined later: left out while empty, so older results still resume
             "evaluation": {k: v for k, v in study["evaluation"].items() if not (k == "metrics" and not v)},
-            "training": strategy_training(study, study["strategies"][strategy_name]),
+            # precision keys joined later: left out at their defaults, so older results still resume
+            "training": {
+                k: v
+                for k, v in strategy_training(study, study["strategies"][strategy_name]).items()
+                if not ((k == "precision" and v == "fp32") or (k == "tf32" and v is True))
+            },
             "strategy": study["strategies"][strategy_name],
         }
     )

@@ -39,6 +39,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
+from avalanche_mm import distributed as D
+
 from .config import (
     ConfigError,
     dump_yaml,
@@ -111,6 +113,7 @@ def environment(config: Mapping[str, Any], device: torch.device) -> Dict[str, An
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "world_size": D.world_size(),
         "device": str(device),
         "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "seed": config["seed"],
@@ -343,7 +346,9 @@ def run_strategy(
     entry = prepared.cfg["strategies"][strategy_name]
     spec = METHODS[entry["method"]]
     folder = os.path.join(out, study_name, strategy_name)
-    os.makedirs(folder, exist_ok=True)
+    main = D.is_main_process()  # under torchrun only rank 0 writes; every rank reads
+    if main:
+        os.makedirs(folder, exist_ok=True)
     fp = strategy_fingerprint(config, study_name, strategy_name)
     scenario = prepared.bundle.scenario
     n_exp = len(scenario.train_stream)
@@ -367,26 +372,41 @@ def run_strategy(
         return state
     if state is None or not state["finished"]:
         state = new_state(study=study_name, strategy=strategy_name, method=entry["method"], fingerprint=fp, n_experiences=n_exp)
-        for f in APPEND_ONLY:
+        for f in APPEND_ONLY if main else ():
             truncate_file(os.path.join(folder, f), 0)
     else:
-        for f in APPEND_ONLY:
+        for f in APPEND_ONLY if main else ():
             truncate_file(os.path.join(folder, f), state["committed"].get(f, 0))
 
     seed = derive_seed(config["seed"], study_name, strategy_name)
     seed_everything(derive_seed(seed, "build"))
     model = prepared.fresh_model()
     training = strategy_training(prepared.cfg, entry)
-    results_logger = ResultsLogger(path=folder)
-    collector = MetricCollector()
-    loggers = make_loggers(
-        config["loggers"], folder, run_name=f"{config['name']}/{study_name}/{strategy_name}", wandb_cfg=config["wandb"], config=config
-    )
-    evaluator = EvaluationPlugin(*_metrics_for(prepared, model), loggers=[results_logger, collector] + loggers)
-    plugins = [ProgressBarPlugin(label=f"{study_name}/{strategy_name}", enabled=config["progress_bar"])]
+    params = {k: v for k, v in entry.items() if k not in ("method", "training")}
+    if D.world_size() > 1:  # the configured batches are global: each rank takes its share
+        training = dict(training, batch_size=D.per_rank_batch(training["batch_size"], what=f"studies.{study_name}.strategies.{strategy_name}.training.batch_size"))
+        if params.get("batch_size_mem"):
+            params["batch_size_mem"] = D.per_rank_batch(params["batch_size_mem"], what=f"studies.{study_name}.strategies.{strategy_name}.batch_size_mem")
+    # Avalanche refuses loggers outside rank 0: the other ranks evaluate (replicas stay
+    # identical, eval-time model adaptation included) but record nothing
+    collector = MetricCollector() if main else _NullCollector()
+    if main:
+        results_logger = ResultsLogger(path=folder)
+        loggers = make_loggers(
+            config["loggers"], folder, run_name=f"{config['name']}/{study_name}/{strategy_name}", wandb_cfg=config["wandb"], config=config
+        )
+        writers = [results_logger]
+    else:
+        results_logger, loggers, writers = None, [], []
+    evaluator = EvaluationPlugin(*_metrics_for(prepared, model), loggers=writers + ([collector] if main else []) + loggers)
+    plugins = [ProgressBarPlugin(label=f"{study_name}/{strategy_name}", enabled=config["progress_bar"] and main)]
+    if training.get("precision", "fp32") != "fp32":
+        from avalanche_mm.strategies.mixed_precision import MixedPrecisionPlugin
+
+        plugins.append(MixedPrecisionPlugin(precision=training["precision"], tf32=training.get("tf32", True)))
     plugins += _extra_plugins(config, extra_plugins, PluginContext(study=study_name, strategy=strategy_name, output=out, folder=folder))
     ctx = BuildContext(model=model, kind=prepared.kind, training=training, device=device, evaluator=evaluator, plugins=plugins, bundle=prepared.bundle, seed=seed)
-    strategy = spec.build(ctx, {k: v for k, v in entry.items() if k not in ("method", "training")})
+    strategy = spec.build(ctx, params)
     workers = training["num_workers"]
     try:
         if state["finished"]:
@@ -417,11 +437,14 @@ def run_strategy(
             state["eval_seconds"].append(t2 - t1)
             state["finished"].append(k)
             state["complete"] = k == n_exp - 1
-            results_logger.close()
             ckpt_rel = os.path.join("checkpoints", f"exp_{k:03d}.pt")
-            save_checkpoint(os.path.join(folder, ckpt_rel), strategy, extra={"experience": k, "fingerprint": fp})
             previous = state["checkpoint"]
             state["checkpoint"] = ckpt_rel
+            if not main:  # rank 0 writes the experience's record; wait until it has
+                D.barrier()
+                continue
+            results_logger.close()
+            save_checkpoint(os.path.join(folder, ckpt_rel), strategy, extra={"experience": k, "fingerprint": fp})
             for lg in loggers:
                 fh = getattr(lg, "file", None)
                 if fh is not None and hasattr(fh, "flush"):
@@ -433,14 +456,25 @@ def run_strategy(
                 old = os.path.join(folder, previous)
                 if os.path.exists(old):
                     os.remove(old)
+            D.barrier()
             log(
                 f"  {study_name}/{strategy_name}: experience {k + 1}/{n_exp} done "
                 f"(train {t1 - t0:.1f}s, eval {t2 - t1:.1f}s, mean acc {_nanmean(row):.3f})"
             )
     finally:
-        results_logger.close()
+        if results_logger is not None:
+            results_logger.close()
         close_loggers(loggers)
     return state
+
+
+class _NullCollector:
+    """What rank > 0 has instead of a :class:`MetricCollector`: nothing is recorded."""
+
+    values: Dict[str, Any] = {}
+
+    def clear(self) -> None:
+        pass
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -504,39 +538,62 @@ def run_experiment(
     else:
         cfg = load_config(config, overrides=overrides)
     out = os.path.abspath(output_dir or cfg["output"] or os.path.join("results", cfg["name"]))
-    device = resolve_device(cfg["device"])
     selected = _select(cfg, only)
+    if D.launched_by_torchrun():  # one of N processes started by torchrun
+        try:
+            device = D.init_from_env(backend=cfg["distributed"]["backend"], device=cfg["device"], timeout_s=cfg["distributed"]["timeout"])
+        except D.DistributedError as err:
+            raise ConfigError([str(err)]) from err
+        from .launch import check_distributed
+
+        problems = check_distributed(cfg, world=D.world_size(), selected=selected)
+        if problems:
+            raise ConfigError(problems)
+    else:
+        device = resolve_device(cfg["device"])
+    main = D.is_main_process()
+    if not main:  # progress lines and tables once, from rank 0
+        log = lambda *a, **k: None  # noqa: E731
     # everything `avalanche-mm check` validates, before any output is written
     checks = preflight(cfg, studies=sorted({s for s, _ in selected}), source=None if isinstance(config, Mapping) else config)
     checks.raise_problems()
     for note in checks.notes:
         log(f"note: {note}")
-    _prepare_output(out, fresh)
-    atomic_write_text(os.path.join(out, "config.yaml"), dump_yaml(cfg))
     env = environment(cfg, device)
     run_info = {"status": "running", "output": out, "started": env["started"], "studies": list(cfg["studies"])}
-    atomic_write_json(os.path.join(out, "run.json"), run_info)
+    if main:
+        _prepare_output(out, fresh)
+        atomic_write_text(os.path.join(out, "config.yaml"), dump_yaml(cfg))
+        atomic_write_json(os.path.join(out, "run.json"), run_info)
+    D.barrier()  # the folder is ready (and, with --fresh, emptied) before any rank reads it
     start = time.time()
     # build everything first: bad data roots or models fail before any training
     prepared: Dict[str, PreparedStudy] = {}
+    if not main:  # rank 0 prepares first (pretraining writes the shared cache), the others then read it
+        D.barrier()
     for sname in cfg["studies"]:
         if not any(s == sname for s, _ in selected):
             continue
         log(f"preparing study {sname!r} ...")
         prepared[sname] = prepare_study(cfg, sname, device=device, log=log, progress=cfg["progress_bar"], checked=checks.studies.get(sname))
+    if main:
+        D.barrier()
     previous = read_json(os.path.join(out, "environment.json")) if os.path.exists(os.path.join(out, "environment.json")) else {}
     studies_info = {k: v for k, v in (previous.get("studies") or {}).items() if k in cfg["studies"]}
     studies_info.update({k: v.info for k, v in prepared.items()})  # --only keeps the other studies' info
     env["studies"] = studies_info
-    atomic_write_json(os.path.join(out, "environment.json"), env)
+    if main:
+        atomic_write_json(os.path.join(out, "environment.json"), env)
     for sname, stname in selected:
         log(f"[{sname}] {stname} ({cfg['studies'][sname]['strategies'][stname]['method']})")
         run_strategy(cfg, prepared[sname], stname, out=out, device=device, log=log, extra_plugins=extra_plugins)
     run_info.update({"status": "finished", "seconds": time.time() - start, "finished": datetime.datetime.now().isoformat(timespec="seconds")})
-    atomic_write_json(os.path.join(out, "run.json"), run_info)
     summary: Dict[str, Any] = {"output": out}
-    if report:
-        summary.update(build_report(out, log=log))
+    if main:
+        atomic_write_json(os.path.join(out, "run.json"), run_info)
+        if report:
+            summary.update(build_report(out, log=log))
+    D.barrier()
     return summary
 
 

@@ -127,6 +127,7 @@ from avalanche_mm.strategies.registry import BuildContext, register_method  # no
 
 @register_method(
     "lwf",
+    distributed=True,
     summary="Learning without Forgetting (CLIP: both-direction logit distillation from the task-start model)",
     params_from=CLIPLwF,
     family="regularization",

@@ -70,6 +70,7 @@ class ER(MultimodalSupervisedTemplate):
 
 @register_method(
     "er",
+    distributed=True,
     summary="experience replay with an Avalanche storage policy",
     params_from=ER,
     family="replay",

@@ -358,6 +358,7 @@ from avalanche_mm.strategies.registry import BuildContext, register_method  # no
 
 @register_method(
     "finetune",
+    distributed=True,
     summary="continual fine-tuning (Naive) with the MTIL recipe",
     params_from=FineTune,
     family="baseline",

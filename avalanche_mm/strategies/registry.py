@@ -202,6 +202,9 @@ class MethodSpec:
     :ivar family: the survey's family (regularization, architecture, replay, prompt, baseline).
     :ivar doc: the longer documentation (``avalanche-mm list NAME``).
     :ivar strategy: the strategy class users call from Python (for the docs).
+    :ivar distributed: DDP-safe: every state the method keeps is computed from the
+        weights or from data every rank sees whole, so it runs under torchrun with
+        several processes (verified by a 2-process test); others refuse to start there.
     """
 
     name: str
@@ -215,6 +218,7 @@ class MethodSpec:
     family: str = ""
     doc: str = ""
     strategy: Any = None
+    distributed: bool = False
 
     def problems(self, ctx: CheckContext, params: Mapping[str, Any]) -> List[str]:
         """Every problem with using this method in ``ctx`` (model kind, then ``check``)."""
@@ -266,6 +270,7 @@ def register_method(
     check: Optional[Callable[[CheckContext, Dict[str, Any]], List[str]]] = None,
     family: str = "",
     registry: Optional[Registry] = None,
+    distributed: bool = False,
 ):
     """Decorator registering a builder ``(ctx, params) -> strategy`` as method ``name``.
 
@@ -284,6 +289,7 @@ def register_method(
     :param check: ``(CheckContext, params) -> [problem, ...]``.
     :param family: survey family (regularization, architecture, replay, prompt, baseline).
     :param registry: the registry (default :data:`METHODS`).
+    :param distributed: the method is DDP-safe (see :class:`MethodSpec`).
     """
     reg = METHODS if registry is None else registry
     for k in model_kinds:
@@ -312,6 +318,7 @@ def register_method(
             family=family,
             doc=inspect.getdoc(inspect.getmodule(build)) or doc or "",
             strategy=params_from,
+            distributed=bool(distributed),
         )
         reg.register(name, spec, source=build.__module__, summary=summary)
         return build

@@ -126,6 +126,7 @@ from avalanche_mm.strategies.registry import BuildContext, register_method  # no
 
 @register_method(
     "wiseft",
+    distributed=True,
     summary="fine-tuning + WiSE-FT weight interpolation after each task",
     params_from=WiSEFT,
     model_kinds=("clip", "fusion"),

@@ -84,6 +84,7 @@ from avalanche_mm.strategies.registry import BuildContext, register_method  # no
 
 @register_method(
     "zeroshot",
+    distributed=True,
     summary="the pretrained model, never trained (zero-shot CLIP)",
     params_from=ZeroShot,
     trains=False,

@@ -406,6 +406,7 @@ def _check_zscl(ctx: CheckContext, p: dict) -> list:
 
 @register_method(
     "zscl",
+    distributed=True,
     summary="ZSCL: reference-set distillation (both directions), L2 to task start, weight ensemble",
     params_from=ZSCL,
     exclude=("reference_images", "reference_texts", "teacher", "seed", "ref_batch_size"),
