@@ -27,3 +27,70 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     if "AVALANCHE_MM_CACHE" not in os.environ:
         monkeypatch.setenv("AVALANCHE_MM_CACHE", str(tmp_path_factory.getbasetemp() / "amm-cache"))
     yield
+
+
+def write_distribution(folder, name, modules, entry_points):
+    """An installed distribution in ``folder`` (to put on ``sys.path``/``PYTHONPATH``):
+    its ``modules`` (file name -> source) and a ``<name>-0.1.dist-info`` whose
+    ``entry_points.txt`` declares ``entry_points`` (group -> {name: "module:attr"})."""
+    folder = str(folder)
+    os.makedirs(folder, exist_ok=True)
+    for fname, source in modules.items():
+        with open(os.path.join(folder, fname), "w", encoding="utf-8") as fh:
+            fh.write(source)
+    info = os.path.join(folder, f"{name.replace('-', '_')}-0.1.dist-info")
+    os.makedirs(info, exist_ok=True)
+    with open(os.path.join(info, "METADATA"), "w", encoding="utf-8") as fh:
+        fh.write(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    with open(os.path.join(info, "entry_points.txt"), "w", encoding="utf-8") as fh:
+        for group, eps in entry_points.items():
+            fh.write(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) + "\n")
+    return folder
+
+
+@pytest.fixture
+def fake_distribution():
+    """:func:`write_distribution` as a fixture."""
+    return write_distribution
+
+
+# a plugin from another distribution (entry-point group avalanche_mm.plugins), named by
+# the config's `plugins`: it hangs at HANG_AT=study/strategy/experience/iteration after
+# writing a marker, so the test can kill the run in the middle of an experience
+HANG_PLUGIN = """
+import os, time
+from avalanche.core import SupervisedPlugin
+
+class Hang(SupervisedPlugin):
+    stateless = True
+
+    def __init__(self, marker, exp, iteration):
+        super().__init__()
+        self.marker, self.exp, self.iteration, self.count = marker, exp, iteration, 0
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.count = 0
+
+    def before_training_iteration(self, strategy, **kwargs):
+        if strategy.experience.current_experience == self.exp and self.count == self.iteration:
+            with open(self.marker, "w") as fh:
+                fh.write(str(os.getpid()))
+            while True:  # wait to be killed
+                time.sleep(1)
+        self.count += 1
+
+def factory(ctx):
+    study, strategy, exp, it = os.environ["HANG_AT"].split("/")
+    if (ctx.study, ctx.strategy) != (study, strategy):
+        return None
+    return Hang(os.path.join(ctx.output, ".debug-hang"), int(exp), int(it))
+"""
+
+
+@pytest.fixture
+def hang_plugin():
+    """``folder -> sys.path entry`` of a distribution whose plugin ``debug-hang`` (entry-point
+    group ``avalanche_mm.plugins``) hangs at ``HANG_AT=study/strategy/experience/iteration``
+    after writing ``<output>/.debug-hang``, so a test can kill a run mid-experience."""
+    return lambda folder: write_distribution(folder, "hang-plugin", {"hangplugin.py": HANG_PLUGIN},
+                                             {"avalanche_mm.plugins": {"debug-hang": "hangplugin:factory"}})

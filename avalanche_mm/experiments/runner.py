@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
-from avalanche.core import SupervisedPlugin
+
+from avalanche_mm import distributed as D
 
 from .config import (
     ConfigError,
@@ -48,15 +49,13 @@ from .config import (
     strategy_training,
 )
 from .io import atomic_write_csv, atomic_write_json, atomic_write_text, read_json, truncate_file
-from .methods import METHODS, BuildContext
+from avalanche_mm.benchmarks.bundle import BenchmarkBundle, build_bundle
+from avalanche_mm.models.build import build_clip_backbone, build_fusion_model, clip_classifier
+from avalanche_mm.strategies.registry import METHODS, PLUGINS, BuildContext, PluginContext
+
+from . import retrieval
+from .check import StudyCheck, metric_groups, preflight
 from .progress import MetricCollector, ProgressBarPlugin, close_loggers, make_loggers
-from .registry import (
-    BenchmarkBundle,
-    build_benchmark,
-    build_clip_backbone,
-    build_fusion_model,
-    clip_classifier,
-)
 from .lock import RunLock, clean_orphan_temporaries
 from .state import (
     committed_digests,
@@ -73,8 +72,6 @@ from .state import (
 
 #: the append-only files of a strategy folder whose committed length is tracked
 APPEND_ONLY = ("metrics.jsonl", "metrics.csv", "log.txt")
-#: set to "study/strategy/experience/iteration" to hang there (tests of resume)
-DEBUG_HANG_ENV = "AVALANCHE_MM_DEBUG_HANG"
 
 
 @dataclass
@@ -120,6 +117,7 @@ def environment(config: Mapping[str, Any], device: torch.device) -> Dict[str, An
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "world_size": D.world_size(),
         "device": str(device),
         "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "seed": config["seed"],
@@ -154,28 +152,57 @@ def _probe_set(backbone, bundle: BenchmarkBundle, size: int):
     return ProbeSet(images, texts)
 
 
-def prepare_study(config: Mapping[str, Any], name: str, *, device: torch.device, log: Callable = print, progress: bool = True) -> PreparedStudy:
-    """Build a study's benchmark and initial model (pretraining and caching when asked)."""
+def _model_or_config_error(study: str, build: Callable, *args, **kwargs):
+    """``build(...)``, with a ``model.freeze`` that matches no parameter reported as a config error."""
+    try:
+        return build(*args, **kwargs)
+    except KeyError as err:
+        msg = err.args[0] if err.args else ""
+        if isinstance(msg, str) and msg.startswith("model.freeze"):
+            raise ConfigError([f"studies.{study}.{msg}"]) from err
+        raise
+
+
+def prepare_study(
+    config: Mapping[str, Any],
+    name: str,
+    *,
+    device: torch.device,
+    log: Callable = print,
+    progress: bool = True,
+    checked: Optional[StudyCheck] = None,
+) -> PreparedStudy:
+    """Build a study's benchmark and initial model (pretraining and caching when asked).
+
+    :param checked: the study's :func:`~avalanche_mm.experiments.check.preflight`
+        result; the benchmark and backbone it built are used instead of building them again.
+    """
     from .pretrain import pretrain_backbone, pretrain_key
-    from .safety import build_checked
+    from .safety import build_checked, check_model_memory
 
     study = config["studies"][name]
     seed = config["seed"]
     bench_cfg = study["benchmark"]
     model_cfg = study["model"]
     kind = model_cfg["kind"]
-    backbone = None
+    backbone = checked.backbone if checked is not None else None
     inject: Dict[str, Any] = {}
     if kind == "clip":
         # built first: real-data benchmarks take the backbone's image preprocessing
-        backbone = build_checked(lambda: build_clip_backbone(model_cfg, seed=derive_seed(seed, name, "init")), key=f"studies.{name}.model")
+        if backbone is None:
+            backbone = build_checked(lambda: build_clip_backbone(model_cfg, seed=derive_seed(seed, name, "init")), key=f"studies.{name}.model")
         inject = {"image_transform": backbone.preprocess_eval, "image_size": backbone.image_size}
-    try:
-        bundle = build_benchmark(bench_cfg, seed=seed, inject=inject)
-    except FileNotFoundError as err:
-        raise ConfigError([f"studies.{name}.benchmark: the data is not where the config says: {err}"]) from err
-    except (ValueError, KeyError, TypeError) as err:
-        raise ConfigError([f"studies.{name}.benchmark: cannot be built with these settings: {type(err).__name__}: {err}"]) from err
+    bundle = checked.bundle if checked is not None else None
+    if bundle is None:
+        try:
+            bundle = build_bundle(bench_cfg, seed=seed, inject=inject)
+        except FileNotFoundError as err:
+            raise ConfigError([f"studies.{name}.benchmark: the data is not where the config says: {err}"]) from err
+        except (ValueError, TypeError, KeyError, IndexError) as err:
+            msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+            raise ConfigError(
+                [f"studies.{name}.benchmark.params: benchmark {bench_cfg['name']!r} cannot be built with these parameters: {msg}"]
+            ) from err
     labels = [int(list(getattr(e, "task_labels", [0]))[0]) for e in bundle.scenario.test_stream]
     info: Dict[str, Any] = {
         "benchmark": bundle.name,
@@ -203,14 +230,15 @@ def prepare_study(config: Mapping[str, Any], name: str, *, device: torch.device,
             backbone, pinfo = pretrain_backbone(backbone, bundle.reference, model_cfg["pretrain"], seed=seed, key=key, progress=progress, log=log)
             info["pretraining"] = pinfo
         backbone.eval()
-        model = clip_classifier(backbone, bundle, model_cfg)
+        model = _model_or_config_error(name, retrieval.build_retrieval_model if retrieval.is_retrieval_bundle(bundle) else clip_classifier, backbone, bundle, model_cfg)
         if study["evaluation"]["alignment"]:
             if bundle.reference is not None and bundle.reference.paired:
                 probe = _probe_set(backbone, bundle, study["evaluation"]["probe_size"])
             else:
                 log(f"  studies.{name}.evaluation.alignment: the benchmark has no paired reference captions; alignment metrics are skipped")
     else:
-        model = build_checked(lambda: build_fusion_model(model_cfg, bundle, seed=derive_seed(seed, name, "init")), key=f"studies.{name}.model")
+        check_model_memory(lambda: build_fusion_model(model_cfg, bundle, seed=0), key=f"studies.{name}.model")
+        model = _model_or_config_error(name, build_fusion_model, model_cfg, bundle, seed=derive_seed(seed, name, "init"))
     model.to(device)
     n_total = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -221,71 +249,46 @@ def prepare_study(config: Mapping[str, Any], name: str, *, device: torch.device,
 # ---------------------------------------------------------------------------
 # running one strategy
 # ---------------------------------------------------------------------------
-class DebugHangPlugin(SupervisedPlugin):
-    """Hangs at a given training iteration, after writing a marker file.
-
-    Enabled by ``AVALANCHE_MM_DEBUG_HANG=study/strategy/experience/iteration``;
-    the resume tests use it to kill a run (SIGKILL) in the middle of an experience.
-    """
-
-    stateless = True
-
-    def __init__(self, marker: str, exp: int, iteration: int):
-        super().__init__()
-        self.marker, self.exp, self.iteration, self.count = marker, exp, iteration, 0
-
-    def before_training_exp(self, strategy, **kwargs):
-        self.count = 0
-
-    def before_training_iteration(self, strategy, **kwargs):
-        if strategy.experience.current_experience == self.exp and self.count == self.iteration:
-            with open(self.marker, "w") as fh:
-                fh.write(str(os.getpid()))
-            while True:  # wait to be killed
-                time.sleep(1)
-        self.count += 1
-
-
-def _debug_plugins(out: str, study: str, strategy: str) -> List[Any]:
-    spec = os.environ.get(DEBUG_HANG_ENV)
-    if not spec:
-        return []
-    parts = spec.split("/")
-    if len(parts) != 4:
-        raise ValueError(f"{DEBUG_HANG_ENV}={spec!r}: expected study/strategy/experience/iteration")
-    if parts[0] != study or parts[1] != strategy:
-        return []
-    return [DebugHangPlugin(os.path.join(out, ".debug-hang"), int(parts[2]), int(parts[3]))]
-
-
 def _metrics_for(prepared: PreparedStudy, model) -> List[Any]:
-    from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
+    """The study's metrics: the core groups, then the groups its ``evaluation`` selects
+    (:data:`avalanche_mm.metrics.registry.METRICS`)."""
+    from avalanche_mm.metrics.registry import METRICS, MetricContext
 
-    from avalanche_mm.metrics import AccuracyMatrix, CrossModalAlignment, TrainingTime, modality_imbalance_metrics
+    if retrieval.is_retrieval_bundle(prepared.bundle):  # pair phases: the recall matrix (issue 14)
+        return retrieval.retrieval_metrics(prepared, model)
+    ctx = MetricContext(
+        kind=prepared.kind,
+        model=model,
+        initial_model=prepared.initial_model,
+        modalities=tuple(prepared.bundle.modalities or ()),
+        probe=prepared.probe,
+    )
+    groups = [(e.name, {}) for e in METRICS.entries() if e.obj.core]
+    groups.sort(key=lambda g: _CORE_ORDER.index(g[0]) if g[0] in _CORE_ORDER else len(_CORE_ORDER))
+    groups += list(metric_groups(prepared.cfg["evaluation"]).items())
+    out: List[Any] = []
+    for name, params in groups:
+        spec = METRICS[name]
+        if prepared.kind not in spec.model_kinds:
+            continue
+        out.extend(spec.factory(ctx, **params))
+    return out
 
-    from .metrics import DriftFromInitial
 
-    ev = prepared.cfg["evaluation"]
-    out: List[Any] = [
-        accuracy_metrics(experience=True, stream=True),
-        loss_metrics(epoch=True, stream=True),
-        AccuracyMatrix(stream_name="test"),
-        TrainingTime(),
-    ]
-    if ev["per_modality"]:
-        has_uni = hasattr(model, "last_unimodal_logits")
-        out.extend(modality_imbalance_metrics(ogm_ge=has_uni))
-    if ev["alignment"] and prepared.probe is not None:
-        from avalanche_mm.strategies.finetune import find_backbone, logit_scale_of
+#: the order of the core metric groups (as before the registry: accuracy first)
+_CORE_ORDER = ("accuracy", "loss", "accuracy-matrix", "training-time")
 
-        with torch.no_grad():  # the KL terms use the model's own temperature
-            scale = float(logit_scale_of(find_backbone(prepared.initial_model)))
-        out.append(CrossModalAlignment(prepared.probe, ks=(1, 5), logit_scale=scale))
-        out.append(DriftFromInitial(prepared.probe, logit_scale=scale))
-    flat: List[Any] = []
-    for m in out:
-        flat.extend(m if isinstance(m, (list, tuple)) else [m])
-    return flat
+
+def _extra_plugins(config: Mapping[str, Any], extra: Sequence[Any], ctx: PluginContext) -> List[Any]:
+    """The plugins a config's ``plugins`` names (:data:`~avalanche_mm.strategies.registry.PLUGINS`)
+    and those given to :func:`run_experiment` (factories ``ctx -> plugin`` or names)."""
+    out = []
+    for item in list(config.get("plugins") or []) + list(extra or []):
+        factory = PLUGINS[item] if isinstance(item, str) else item
+        plugin = factory(ctx)
+        if plugin is not None:
+            out.append(plugin)
+    return out
 
 
 def _parse_eval(values: Mapping[str, Any], n_exp: int):
@@ -305,7 +308,7 @@ def _parse_eval(values: Mapping[str, Any], n_exp: int):
         if p["phase"] not in (None, "eval"):
             continue
         if exp is not None and p["stream"] == "test":
-            if metric == "Top1_Acc_Exp":
+            if metric in ("Top1_Acc_Exp", "RetrievalR1_Exp"):  # the latter: retrieval studies
                 row[exp] = v
             elif metric.startswith("UnimodalAcc_") and metric.endswith("_Exp"):
                 m = metric[len("UnimodalAcc_") : -len("_Exp")]
@@ -332,8 +335,12 @@ def run_strategy(
     out: str,
     device: torch.device,
     log: Callable = print,
+    extra_plugins: Sequence[Any] = (),
 ) -> Dict[str, Any]:
     """Train and evaluate one strategy of a study, resuming from its state file.
+
+    :param extra_plugins: plugin factories ``(PluginContext) -> plugin`` (or names
+        in :data:`~avalanche_mm.strategies.registry.PLUGINS`) added to the strategy.
 
     :return: the final state (see :func:`~avalanche_mm.experiments.state.new_state`).
     """
@@ -345,7 +352,9 @@ def run_strategy(
     entry = prepared.cfg["strategies"][strategy_name]
     spec = METHODS[entry["method"]]
     folder = os.path.join(out, study_name, strategy_name)
-    os.makedirs(folder, exist_ok=True)
+    main = D.is_main_process()  # under torchrun only rank 0 writes; every rank reads
+    if main:
+        os.makedirs(folder, exist_ok=True)
     fp = strategy_fingerprint(config, study_name, strategy_name)
     scenario = prepared.bundle.scenario
     n_exp = len(scenario.train_stream)
@@ -371,26 +380,41 @@ def run_strategy(
         return state
     if state is None or not state["finished"]:
         state = new_state(study=study_name, strategy=strategy_name, method=entry["method"], fingerprint=fp, n_experiences=n_exp)
-        for f in APPEND_ONLY:
+        for f in APPEND_ONLY if main else ():
             truncate_file(os.path.join(folder, f), 0)
     else:
-        for f in APPEND_ONLY:
+        for f in APPEND_ONLY if main else ():
             truncate_file(os.path.join(folder, f), state["committed"].get(f, 0))
 
     seed = derive_seed(config["seed"], study_name, strategy_name)
     seed_everything(derive_seed(seed, "build"))
     model = prepared.fresh_model()
     training = strategy_training(prepared.cfg, entry)
-    results_logger = ResultsLogger(path=folder)
-    collector = MetricCollector()
-    loggers = make_loggers(
-        config["loggers"], folder, run_name=f"{config['name']}/{study_name}/{strategy_name}", wandb_cfg=config["wandb"], config=config
-    )
-    evaluator = EvaluationPlugin(*_metrics_for(prepared, model), loggers=[results_logger, collector] + loggers)
-    plugins = [ProgressBarPlugin(label=f"{study_name}/{strategy_name}", enabled=config["progress_bar"])]
-    plugins += _debug_plugins(out, study_name, strategy_name)
+    params = {k: v for k, v in entry.items() if k not in ("method", "training")}
+    if D.world_size() > 1:  # the configured batches are global: each rank takes its share
+        training = dict(training, batch_size=D.per_rank_batch(training["batch_size"], what=f"studies.{study_name}.strategies.{strategy_name}.training.batch_size"))
+        if params.get("batch_size_mem"):
+            params["batch_size_mem"] = D.per_rank_batch(params["batch_size_mem"], what=f"studies.{study_name}.strategies.{strategy_name}.batch_size_mem")
+    # Avalanche refuses loggers outside rank 0: the other ranks evaluate (replicas stay
+    # identical, eval-time model adaptation included) but record nothing
+    collector = MetricCollector() if main else _NullCollector()
+    if main:
+        results_logger = ResultsLogger(path=folder)
+        loggers = make_loggers(
+            config["loggers"], folder, run_name=f"{config['name']}/{study_name}/{strategy_name}", wandb_cfg=config["wandb"], config=config
+        )
+        writers = [results_logger]
+    else:
+        results_logger, loggers, writers = None, [], []
+    evaluator = EvaluationPlugin(*_metrics_for(prepared, model), loggers=writers + ([collector] if main else []) + loggers)
+    plugins = [ProgressBarPlugin(label=f"{study_name}/{strategy_name}", enabled=config["progress_bar"] and main)]
+    if training.get("precision", "fp32") != "fp32":
+        from avalanche_mm.strategies.mixed_precision import MixedPrecisionPlugin
+
+        plugins.append(MixedPrecisionPlugin(precision=training["precision"], tf32=training.get("tf32", True)))
+    plugins += _extra_plugins(config, extra_plugins, PluginContext(study=study_name, strategy=strategy_name, output=out, folder=folder))
     ctx = BuildContext(model=model, kind=prepared.kind, training=training, device=device, evaluator=evaluator, plugins=plugins, bundle=prepared.bundle, seed=seed)
-    strategy = spec.build(ctx, {k: v for k, v in entry.items() if k not in ("method", "training")})
+    strategy = spec.build(ctx, params)
     workers = training["num_workers"]
     sources = [e.dataset for e in scenario.train_stream]  # replay buffers are saved as indices into these
     try:
@@ -422,11 +446,14 @@ def run_strategy(
             state["eval_seconds"].append(t2 - t1)
             state["finished"].append(k)
             state["complete"] = k == n_exp - 1
-            results_logger.close()
             ckpt_rel = os.path.join("checkpoints", f"exp_{k:03d}.safetensors")
-            save_checkpoint(os.path.join(folder, ckpt_rel), strategy, extra={"experience": k, "fingerprint": fp}, sources=sources)
             previous = state["checkpoint"]
             state["checkpoint"] = ckpt_rel
+            if not main:  # rank 0 writes the experience's record; wait until it has
+                D.barrier()
+                continue
+            results_logger.close()
+            save_checkpoint(os.path.join(folder, ckpt_rel), strategy, extra={"experience": k, "fingerprint": fp}, sources=sources)
             for lg in loggers:
                 fh = getattr(lg, "file", None)
                 if fh is not None and hasattr(fh, "flush"):
@@ -439,14 +466,25 @@ def run_strategy(
                 old = confined_path(folder, previous)
                 if os.path.exists(old):
                     os.remove(old)
+            D.barrier()
             log(
                 f"  {study_name}/{strategy_name}: experience {k + 1}/{n_exp} done "
                 f"(train {t1 - t0:.1f}s, eval {t2 - t1:.1f}s, mean acc {_nanmean(row):.3f})"
             )
     finally:
-        results_logger.close()
+        if results_logger is not None:
+            results_logger.close()
         close_loggers(loggers)
     return state
+
+
+class _NullCollector:
+    """What rank > 0 has instead of a :class:`MetricCollector`: nothing is recorded."""
+
+    values: Dict[str, Any] = {}
+
+    def clear(self) -> None:
+        pass
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -509,6 +547,7 @@ def run_experiment(
     fresh: bool = False,
     log: Callable = print,
     report: bool = True,
+    extra_plugins: Sequence[Any] = (),
 ) -> Dict[str, Any]:
     """Run a whole study from a config and write its results folder.
 
@@ -521,6 +560,9 @@ def run_experiment(
     :param fresh: delete an existing results folder first (instead of resuming).
     :param log: where progress lines and tables are printed.
     :param report: write the summary, plots and report at the end.
+    :param extra_plugins: plugin factories ``(PluginContext) -> plugin or None`` (or
+        names in :data:`~avalanche_mm.strategies.registry.PLUGINS`) added to every
+        strategy, besides the config's ``plugins``.
     :return: the summary: ``{"output": ..., "rows": [per (study, strategy) summary], "tables": text}``.
     """
     if isinstance(config, Mapping):
@@ -528,20 +570,45 @@ def run_experiment(
     else:
         cfg = load_config(config, overrides=overrides)
     out = os.path.abspath(output_dir or cfg["output"] or os.path.join("results", cfg["name"]))
-    device = resolve_device(cfg["device"])
     selected = _select(cfg, only)
-    _check_output(out)
-    _refuse_foreign_folder(out, fresh)
-    with RunLock(out, log=log):  # one run per results folder; released however the run ends
-        _prepare_output(out, fresh)
-        for tmp in clean_orphan_temporaries(out):
-            log(f"removed an orphan temporary file of an interrupted write: {tmp}")
-        env = environment(cfg, device)
-        run_info = {"status": "running", "output": out, "started": env["started"], "studies": list(cfg["studies"])}
-        atomic_write_json(os.path.join(out, "run.json"), run_info)
+    if D.launched_by_torchrun():  # one of N processes started by torchrun
         try:
-            return _run_locked(cfg, out, device, selected, env, run_info, log=log, report=report)
-        except BaseException as err:
+            device = D.init_from_env(backend=cfg["distributed"]["backend"], device=cfg["device"], timeout_s=cfg["distributed"]["timeout"])
+        except D.DistributedError as err:
+            raise ConfigError([str(err)]) from err
+        from .launch import check_distributed
+
+        problems = check_distributed(cfg, world=D.world_size(), selected=selected)
+        if problems:
+            raise ConfigError(problems)
+    else:
+        device = resolve_device(cfg["device"])
+    main = D.is_main_process()
+    if not main:  # progress lines and tables once, from rank 0
+        log = lambda *a, **k: None  # noqa: E731
+    # everything `avalanche-mm check` validates, before any output is written
+    checks = preflight(cfg, studies=sorted({s for s, _ in selected}), source=None if isinstance(config, Mapping) else config)
+    checks.raise_problems()
+    for note in checks.notes:
+        log(f"note: {note}")
+    env = environment(cfg, device)
+    run_info = {"status": "running", "output": out, "started": env["started"], "studies": list(cfg["studies"])}
+    lock = None
+    if main:
+        _check_output(out)
+        _refuse_foreign_folder(out, fresh)
+        lock = RunLock(out, log=log).acquire()  # one run per results folder; released however the run ends
+    try:
+        if main:
+            _prepare_output(out, fresh)
+            for tmp in clean_orphan_temporaries(out):
+                log(f"removed an orphan temporary file of an interrupted write: {tmp}")
+            atomic_write_text(os.path.join(out, "config.yaml"), dump_yaml(cfg))
+            atomic_write_json(os.path.join(out, "run.json"), run_info)
+        D.barrier()  # the folder is ready (and, with --fresh, emptied) before any rank reads it
+        return _run_locked(cfg, out, device, selected, env, run_info, checks, main, log=log, report=report, extra_plugins=extra_plugins)
+    except BaseException as err:
+        if main:
             run_info.update(
                 {
                     "status": "interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
@@ -550,34 +617,43 @@ def run_experiment(
                 }
             )
             atomic_write_json(os.path.join(out, "run.json"), run_info)
-            raise
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def _run_locked(cfg, out: str, device, selected, env, run_info, *, log: Callable, report: bool) -> Dict[str, Any]:
+def _run_locked(cfg, out: str, device, selected, env, run_info, checks, main: bool, *, log: Callable, report: bool, extra_plugins) -> Dict[str, Any]:
     from .report import build_report
 
-    atomic_write_text(os.path.join(out, "config.yaml"), dump_yaml(cfg))
     start = time.time()
     # build everything first: bad data roots or models fail before any training
     prepared: Dict[str, PreparedStudy] = {}
+    if not main:  # rank 0 prepares first (pretraining writes the shared cache), the others then read it
+        D.barrier()
     for sname in cfg["studies"]:
         if not any(s == sname for s, _ in selected):
             continue
         log(f"preparing study {sname!r} ...")
-        prepared[sname] = prepare_study(cfg, sname, device=device, log=log, progress=cfg["progress_bar"])
+        prepared[sname] = prepare_study(cfg, sname, device=device, log=log, progress=cfg["progress_bar"], checked=checks.studies.get(sname))
+    if main:
+        D.barrier()
     previous = read_json(os.path.join(out, "environment.json")) if os.path.exists(os.path.join(out, "environment.json")) else {}
     studies_info = {k: v for k, v in (previous.get("studies") or {}).items() if k in cfg["studies"]}
     studies_info.update({k: v.info for k, v in prepared.items()})  # --only keeps the other studies' info
     env["studies"] = studies_info
-    atomic_write_json(os.path.join(out, "environment.json"), env)
+    if main:
+        atomic_write_json(os.path.join(out, "environment.json"), env)
     for sname, stname in selected:
         log(f"[{sname}] {stname} ({cfg['studies'][sname]['strategies'][stname]['method']})")
-        run_strategy(cfg, prepared[sname], stname, out=out, device=device, log=log)
+        run_strategy(cfg, prepared[sname], stname, out=out, device=device, log=log, extra_plugins=extra_plugins)
     run_info.update({"status": "finished", "seconds": time.time() - start, "finished": datetime.datetime.now().isoformat(timespec="seconds")})
-    atomic_write_json(os.path.join(out, "run.json"), run_info)
     summary: Dict[str, Any] = {"output": out}
-    if report:
-        summary.update(build_report(out, log=log))
+    if main:
+        atomic_write_json(os.path.join(out, "run.json"), run_info)
+        if report:
+            summary.update(build_report(out, log=log))
+    D.barrier()
     return summary
 
 
@@ -596,4 +672,4 @@ def _select(cfg: Mapping[str, Any], only: Optional[Sequence[str]]):
     return [p for p in pairs if p in chosen]
 
 
-__all__ = ["run_experiment", "run_strategy", "prepare_study", "PreparedStudy", "resolve_device", "environment", "DEBUG_HANG_ENV"]
+__all__ = ["run_experiment", "run_strategy", "prepare_study", "PreparedStudy", "resolve_device", "environment"]

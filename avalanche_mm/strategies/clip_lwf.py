@@ -103,8 +103,8 @@ class CLIPLwF(FineTune):
     def __init__(
         self,
         *,
-        alpha: float = 1.0,
-        temperature: float = 2.0,
+        alpha: Annotated[float, Range(ge=0.0)] = 1.0,
+        temperature: Annotated[float, Range(gt=0.0)] = 2.0,
         both_directions: bool = True,
         plugins: Optional[Sequence] = None,
         **base_kwargs,
@@ -114,3 +114,45 @@ class CLIPLwF(FineTune):
 
 
 __all__ = ["CLIPLwFPlugin", "CLIPLwF"]
+
+
+# ---------------------------------------------------------------------------
+# registration (config name "lwf"; parameters from CLIPLwF's signature)
+# ---------------------------------------------------------------------------
+from typing import Annotated  # noqa: E402  (used by the annotations above)
+
+from avalanche_mm.registry import Range  # noqa: E402
+from avalanche_mm.strategies.registry import BuildContext, register_method  # noqa: E402
+
+
+@register_method(
+    "lwf",
+    distributed=True,
+    summary="Learning without Forgetting (CLIP: both-direction logit distillation from the task-start model)",
+    params_from=CLIPLwF,
+    family="regularization",
+    reference="Li & Hoiem, TPAMI 2017",
+)
+def _build_lwf(ctx: BuildContext, p: dict):
+    if ctx.kind == "clip":
+        return CLIPLwF(
+            model=ctx.model,
+            optimizer=ctx.optimizer(),
+            alpha=p["alpha"],
+            temperature=p["temperature"],
+            both_directions=p["both_directions"],
+            plugins=list(ctx.plugins),
+            **ctx.schedule_kwargs(),
+            **ctx.base_kwargs(),
+        )
+    from avalanche_mm.strategies.twins import LwF
+
+    return LwF(
+        model=ctx.model,
+        optimizer=ctx.optimizer(),
+        criterion=ctx.criterion(),
+        alpha=p["alpha"],
+        temperature=p["temperature"],
+        plugins=[ctx.schedule_plugin()] + list(ctx.plugins),
+        **ctx.base_kwargs(),
+    )

@@ -10,7 +10,15 @@ and every strategy built on it) accept multimodal inputs:
   drops it on the non task-aware / class-incremental path, upstream issue
   1531) or the ``collate_fn`` passed to ``train(...)``;
 - eval loaders keep using the dataset's collate, as in Avalanche;
-- ``mb_batch_size`` is dict-aware.
+- ``mb_batch_size`` is dict-aware;
+- under ``torchrun`` (a process group of several ranks, see
+  :mod:`avalanche_mm.distributed`) gradients are averaged over the ranks before
+  each optimizer step (weighted by the ranks' minibatch sizes: the gradient of
+  the global batch's mean loss), random states are aligned before the
+  end-of-experience callbacks, replicas are verified after each experience,
+  and evaluation loaders are not sharded (each rank evaluates the whole
+  stream, so metrics are exact). ``train_mb_size`` is per process, as in
+  Avalanche's own distributed mode.
 
 Put the mixin first in the bases so its methods take precedence::
 
@@ -25,6 +33,7 @@ from typing import Any, Callable, Optional
 
 from torch.utils.data import DataLoader
 
+from avalanche_mm import distributed as _dist
 from avalanche_mm.data.batch import batch_size, to_device
 
 
@@ -111,7 +120,30 @@ class MultimodalTemplateMixin:
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
         )
-        self.dataloader = SingleDatasetDataLoader(self.adapted_dataset, **args)
+        # replicated evaluation: every rank sees the whole test set (exact metrics, no gather)
+        self.dataloader = SingleDatasetDataLoader(self.adapted_dataset, distributed_sampling=False, **args)
+
+    # -- data parallel ---------------------------------------------------------
+    def optimizer_step(self):
+        """Average the gradients over the ranks (when distributed), then step."""
+        if _dist.is_distributed():
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            _dist.average_gradients(params, weight=float(self.mb_batch_size))
+        super().optimizer_step()
+
+    def _check_distributed_training_compatibility(self):
+        """Avalanche flags every plugin without ``supports_distributed``; here DDP safety is
+        declared per method (``register_method(distributed=True)``), checked before launch,
+        and verified after each experience (replica checksums), so nothing is printed."""
+        return True
+
+    def _after_training_exp(self, **kwargs):
+        if not _dist.is_distributed():
+            return super()._after_training_exp(**kwargs)
+        _dist.align_rng()
+        super()._after_training_exp(**kwargs)
+        exp = getattr(self.experience, "current_experience", "?")
+        _dist.check_replicas_equal(self.model, where=f"after training experience {exp}")
 
     # -- dict-aware helpers ----------------------------------------------------
     @property

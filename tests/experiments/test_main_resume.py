@@ -12,7 +12,6 @@ import yaml
 from safetensors.torch import load_file
 
 from avalanche_mm.cli import main
-from avalanche_mm.experiments.runner import DEBUG_HANG_ENV
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CFG = {
@@ -55,17 +54,19 @@ def _state(out, strategy):
     return {k: st[k] for k in ("finished", "rows", "baseline", "unimodal", "scalars", "complete")}
 
 
-def test_killed_run_resumes_to_identical_metrics(tmp_path):
+def test_killed_run_resumes_to_identical_metrics(tmp_path, hang_plugin):
     cfg_path = tmp_path / "resume.yaml"
     cfg_path.write_text(yaml.safe_dump(CFG, sort_keys=False))
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     assert main(["run", str(cfg_path), "--output", straight, "--no-report"]) == 0
 
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    dist = hang_plugin(tmp_path / "dist")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, dist, os.environ.get("PYTHONPATH", "")]))
     env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # same float reductions as this process
-    env[DEBUG_HANG_ENV] = "mtil/zscl/1/2"  # hang in the 2nd experience of zscl, 3rd iteration
+    env["HANG_AT"] = "mtil/zscl/1/2"  # hang in the 2nd experience of zscl, 3rd iteration
     proc = subprocess.Popen(
-        [sys.executable, "-m", "avalanche_mm.cli", "run", str(cfg_path), "--output", killed, "--no-report"],
+        [sys.executable, "-m", "avalanche_mm.cli", "run", str(cfg_path), "--output", killed, "--no-report",
+         "--set", "plugins=[debug-hang]"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     marker = os.path.join(killed, ".debug-hang")

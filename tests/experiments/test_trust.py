@@ -77,9 +77,9 @@ def test_planted_pickles_execute_nothing(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path, {"mtil": CLIP, "av": AV})
     out = str(tmp_path / "out")
     monkeypatch.setenv("AVALANCHE_MM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(runner, "_debug_plugins", lambda o, s, st: [_Stop(1)] if s == "av" else [])
     with pytest.raises(KeyboardInterrupt):
-        runner.run_experiment(cfg, output_dir=out, report=False, log=lambda *a: None)
+        runner.run_experiment(cfg, output_dir=out, report=False, log=lambda *a: None,
+                              extra_plugins=[lambda ctx: _Stop(1) if ctx.study == "av" else None])
     assert json.load(open(os.path.join(out, "run.json")))["status"] == "interrupted"
     marker = str(tmp_path / "executed")
     evil = pickle.dumps({"state_dict": _Evil(marker), "model": _Evil(marker)})
@@ -89,7 +89,6 @@ def test_planted_pickles_execute_nothing(tmp_path, monkeypatch):
     for p in planted:
         with open(p, "wb") as fh:
             fh.write(evil)
-    monkeypatch.setattr(runner, "_debug_plugins", lambda o, s, st: [])
     with pytest.warns(UserWarning, match="ignoring the pretrained-backbone cache"):
         assert main(["run", cfg, "--output", out, "--no-report"]) == 3  # refused, with a message
     assert not os.path.exists(marker)
@@ -100,9 +99,8 @@ def test_planted_pickles_execute_nothing(tmp_path, monkeypatch):
 def test_checkpoint_path_from_state_is_confined(tmp_path, monkeypatch, capsys):
     cfg = _cfg(tmp_path, {"av": AV})
     out = str(tmp_path / "out")
-    monkeypatch.setattr(runner, "_debug_plugins", lambda o, s, st: [_Stop(1)])
     with pytest.raises(KeyboardInterrupt):
-        runner.run_experiment(cfg, output_dir=out, report=False, log=lambda *a: None)
+        runner.run_experiment(cfg, output_dir=out, report=False, log=lambda *a: None, extra_plugins=[lambda ctx: _Stop(1)])
     state_path = os.path.join(out, "av", "er", "state.json")
     state = json.load(open(state_path))
     ckpt = read_header(os.path.join(out, "av", "er", state["checkpoint"]))
@@ -111,7 +109,6 @@ def test_checkpoint_path_from_state_is_confined(tmp_path, monkeypatch, capsys):
     for bad in ("/etc/passwd", "../../../etc/passwd"):
         state["checkpoint"] = bad
         json.dump(state, open(state_path, "w"))
-        monkeypatch.setattr(runner, "_debug_plugins", lambda o, s, st: [])
         assert main(["run", cfg, "--output", out, "--no-report"]) == 3
         assert "leaves the strategy folder" in capsys.readouterr().err or bad.startswith("/")
 
@@ -128,8 +125,8 @@ def test_second_run_refused_first_identical_to_lone_run(tmp_path, monkeypatch):
                 runner.run_experiment(cfg, output_dir=shared, report=False, log=lambda *a: None)
             refused.append(str(err.value))
 
-    monkeypatch.setattr(runner, "_debug_plugins", lambda o, s, st: [_Stop(1, second_run)])
-    runner.run_experiment(cfg, output_dir=shared, report=False, log=lambda *a: None)
+    runner.run_experiment(cfg, output_dir=shared, report=False, log=lambda *a: None,
+                          extra_plugins=[lambda ctx: _Stop(1, second_run)])
     assert refused and "in use by another run" in refused[0]
     assert _records(shared) == _records(lone)
     st_a, st_b = (json.load(open(os.path.join(o, "av", "er", "state.json"))) for o in (lone, shared))
@@ -171,12 +168,19 @@ def test_damaged_finished_record_is_an_error(tmp_path, damage, capsys):
         runner.run_experiment(cfg, output_dir=out, report=False, log=lambda *a: None)
 
 
-def test_failed_build_recorded(tmp_path):
-    bad = dict(AV, model=dict(AV["model"], params={"hidden": "lots"}))
+def test_failed_run_recorded(tmp_path):
+    def boom():
+        raise RuntimeError("the disk caught fire")
+
     out = str(tmp_path / "out")
-    assert main(["run", _cfg(tmp_path, {"av": bad}), "--output", out]) == 2
+    with pytest.raises(RuntimeError):
+        runner.run_experiment(_cfg(tmp_path, {"av": AV}), output_dir=out, report=False, log=lambda *a: None,
+                              extra_plugins=[lambda ctx: _Stop(0, boom)])
     info = json.load(open(os.path.join(out, "run.json")))
-    assert info["status"] == "failed" and "studies.av.model" in info["error"] and "lots" in info["error"]
+    assert info["status"] == "failed" and info["error"] == "RuntimeError: the disk caught fire"
+    # a bad model setting is refused before anything is written
+    bad = dict(AV, model=dict(AV["model"], params={"hidden": "lots"}))
+    assert main(["run", _cfg(tmp_path, {"av": bad}), "--output", str(tmp_path / "out2")]) == 2
 
 
 def test_clear_errors_for_bad_inputs(tmp_path, capsys):

@@ -277,3 +277,17 @@ def test_visual_prompts_and_adapters_under_gradient_checkpointing(backbone, imag
         else:
             backbone.model.gradient_checkpointing_disable()
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(plain, ckpt))
+
+
+def test_context_override_with_a_parameter_does_not_register_it(backbone):
+    """A bank's prompts (an nn.Parameter) used as override stay the bank's (AttriCLIP)."""
+    prompts = attach_prompts(backbone, text_context=3)["text"]
+    bank = torch.nn.Parameter(torch.randn(2, 3, backbone.width("text")))
+    names = {n for n, _ in prompts.named_parameters()}
+    ids = backbone.tokenize(prompts.prepare(["a", "b"]))
+    with prompts.context_override(bank):
+        out = backbone.encode_text(ids)
+        assert {n for n, _ in prompts.named_parameters()} == names
+    out.sum().backward()
+    assert bank.grad is not None and bank.grad.abs().sum() > 0
+    assert {n for n, _ in prompts.named_parameters()} == names and prompts._override is None

@@ -29,8 +29,10 @@ from .audio_visual import (
     seq_vggsound,
 )
 from .cifar import CIFAR100_TEMPLATES, cifar100_class_incremental, cifar100_datasets, read_cifar100
+from .domains import cddb_hard, core50_domains, demo_domains, domainnet_domains
 from .mtil import MTIL_DATASETS, MTIL_LAYOUTS, MTIL_TEMPLATES, load_mtil_dataset, mtil_benchmark
 from .retrieval import coco_retrieval, flickr30k_retrieval, load_karpathy_pairs, read_karpathy_json
+from .p9d import P9D_ORDER, p9d, p9d_pairs  # issue 14 (CTP)
 from .uestc import load_uestc_mmea, uestc_mmea_cl
 
 __all__ = [
@@ -49,6 +51,10 @@ __all__ = [
     "read_cifar100",
     "cifar100_datasets",
     "cifar100_class_incremental",
+    "core50_domains",
+    "domainnet_domains",
+    "cddb_hard",
+    "demo_domains",
     "read_karpathy_json",
     "load_karpathy_pairs",
     "coco_retrieval",

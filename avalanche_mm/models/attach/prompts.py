@@ -209,11 +209,13 @@ class TextContextPrompts(BackboneAttachment):
                 f"[N, n_ctx, D], got {tuple(ctx.shape)}."
             )
         previous = self._override
-        self._override = ctx
+        # a plain attribute even when ctx is an nn.Parameter (a bank's prompts):
+        # nn.Module.__setattr__ would register it as a parameter of this module
+        object.__setattr__(self, "_override", ctx)
         try:
             yield self
         finally:
-            self._override = previous
+            object.__setattr__(self, "_override", previous)
 
     # -- hooks -------------------------------------------------------------------
     def _install(self, backbone: VisionLanguageBackbone):

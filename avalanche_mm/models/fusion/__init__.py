@@ -1,11 +1,14 @@
 """Fusion networks for non-CLIP modality mixes (audio-visual, video + sensors, ...)."""
 
+from .avcil import AVCILNet, build_avcil_model
 from .encoders import ConvEncoder, MLPEncoder, SequenceEncoder, TextEncoder, length_mask, masked_mean
 from .minilm import MiniLMTextEncoder, minilm_model_path
 from .model import FUSIONS, FusionModel
 
 __all__ = [
     "FusionModel",
+    "AVCILNet",
+    "build_avcil_model",
     "FUSIONS",
     "MLPEncoder",
     "ConvEncoder",
