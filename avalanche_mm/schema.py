@@ -76,7 +76,7 @@ class Opt:
         """Human description of what the option accepts."""
         what = {
             "int": "an integer",
-            "float": "a finite number",
+            "float": "a number",
             "bool": "true or false",
             "str": "a string",
             "list": f"a list{' of ' + self.item + 's' if self.item else ''}",

@@ -580,4 +580,22 @@ def load_tree(
         raise CheckpointError(f"{path}: malformed structure ({type(err).__name__}: {err}).") from err
 
 
-__all__ = ["CheckpointError", "DatasetIndex", "encode_tree", "save_tree", "load_tree", "read_header", "ALLOWED_PACKAGES", "FORMAT"]
+def load_entry(path: str, key: str, *, kind: str = "checkpoint") -> Any:
+    """One top-level entry of a checkpoint (e.g. ``"model"``: the model's state dict), without a strategy.
+
+    For inspection and tests; only the entry's own nodes are decoded.
+    """
+    from safetensors.torch import load_file
+
+    header = read_header(path)
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != FORMAT or meta.get("kind") != kind:
+        raise CheckpointError(f"{path} is not an avalanche-mm {kind}.")
+    tree = json.loads(meta["tree"])
+    for k, node in (tree.get("__dict__") or []) if isinstance(tree, dict) else []:
+        if k == key:
+            return _Decoder(load_file(path, device="cpu"), index=None, bound={}, modules=(), where=path).decode(node)
+    raise KeyError(f"{path} has no entry {key!r}.")
+
+
+__all__ = ["CheckpointError", "load_entry", "DatasetIndex", "encode_tree", "save_tree", "load_tree", "read_header", "ALLOWED_PACKAGES", "FORMAT"]

@@ -129,10 +129,10 @@ def test_run_every_prompt_method_and_resume(tmp_path):
         st = _state(out, name)
         for key in ("rows", "unimodal", "scalars", "train_seconds", "eval_seconds"):
             st[key] = st[key][:1]
-        st.update(finished=[0], complete=False, checkpoint=os.path.join("checkpoints", "exp_000.pt"), committed={})
+        st.update(finished=[0], complete=False, checkpoint=os.path.join("checkpoints", "exp_000.safetensors"), committed={}, digests={})
         with open(os.path.join(folder, "state.json"), "w") as fh:
             json.dump(st, fh)
-        os.remove(os.path.join(folder, "checkpoints", "exp_001.pt"))
+        os.remove(os.path.join(folder, "checkpoints", "exp_001.safetensors"))
     assert main(["run", str(path), "--output", out, "--no-report"]) == 0
     for name in STRATEGIES:
         st = _state(out, name)

@@ -68,7 +68,7 @@ def test_run_each_pair_method_and_resume(tmp_path, capsys):
     for k in ("finished", "rows", "unimodal", "scalars", "train_seconds", "eval_seconds"):
         st[k] = st[k][:-1]
     st["complete"] = False
-    st["checkpoint"] = os.path.join("checkpoints", "exp_000.pt")
+    st["checkpoint"] = os.path.join("checkpoints", "exp_000.safetensors")
     with open(os.path.join(out, "pairs", "ctp", "state.json"), "w") as fh:
         json.dump(st, fh)
     assert main(["run", os.path.join(str(tmp_path), "tiny.yaml"), "--output", out, "--no-report"]) == 0

@@ -87,7 +87,9 @@ def test_cli_run_killed_and_resumed_matches_straight_run(tmp_path, hang_plugin):
     assert main(["run", str(cfg_path), "--output", killed, "--no-report"]) == 0
     assert _state(killed) == _state(straight)
     assert _records(killed) == _records(straight)
-    a = torch.load(os.path.join(straight, "mtil", "moe", "checkpoints", "exp_001.pt"), weights_only=False)
-    b = torch.load(os.path.join(killed, "mtil", "moe", "checkpoints", "exp_001.pt"), weights_only=False)
+    from avalanche_mm.experiments.checkpoint import load_entry
+
+    a = {"model": load_entry(os.path.join(straight, "mtil", "moe", "checkpoints", "exp_001.safetensors"), "model")}
+    b = {"model": load_entry(os.path.join(killed, "mtil", "moe", "checkpoints", "exp_001.safetensors"), "model")}
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert any("moe_adapters" in k and "expert_frozen" in k for k in a["model"])
