@@ -504,16 +504,21 @@ def clip_classifier(backbone, bundle: BenchmarkBundle, model_cfg: Mapping[str, A
         )
     task_classes, templates = _task_layout(bundle)
     given = model_cfg.get("templates")
+    train_templates = model_cfg.get("train_templates") or "benchmark"
+    if train_templates == "benchmark":
+        train_templates = getattr(bundle.scenario, "info", {}).get("train_text", "all")
     if len(task_classes) > 1:
         tmpl = {t: list(given) for t in task_classes} if given else {
             t: templates.get(t, list(DEFAULT_TEMPLATES)) for t in task_classes
         }
         head = MultiTaskZeroShotClassifier(
-            backbone=backbone, class_names=list(bundle.class_names), templates=tmpl, task_classes=task_classes
+            backbone=backbone, class_names=list(bundle.class_names), templates=tmpl, task_classes=task_classes,
+            train_templates=train_templates,
         )
     else:
         tmpl = list(given) if given else next(iter(templates.values()), list(DEFAULT_TEMPLATES))
-        head = ZeroShotClassifier(backbone=backbone, class_names=list(bundle.class_names), templates=tmpl)
+        head = ZeroShotClassifier(backbone=backbone, class_names=list(bundle.class_names), templates=tmpl,
+                                  train_templates=train_templates)
     _apply_freeze(head, backbone, model_cfg.get("freeze") or [])
     return head
 

@@ -43,14 +43,12 @@ with a zero weight / period); :class:`ZSCL` is continual fine-tuning with it.
 from __future__ import annotations
 
 import zlib
-from typing import Annotated, Any, Dict, Iterator, List, Literal, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Union
 
 import torch
 from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-
-from avalanche_mm.registry import Range
 
 from .finetune import (
     FineTune,
