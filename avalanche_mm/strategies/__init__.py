@@ -15,6 +15,8 @@ from .zeroshot import ZeroShot, ZeroShotPlugin  # noqa: E402
 from .clip_lwf import CLIPLwF, CLIPLwFPlugin  # noqa: E402
 from .wiseft import WiSEFT, WiSEFTPlugin  # noqa: E402
 from .zscl import ZSCL, ZSCLPlugin  # noqa: E402
+from .icarl_clip import ICaRLCLIP, ICaRLCLIPPlugin  # noqa: E402
+from .lwf_vr import LwFVR, LwFVRPlugin  # noqa: E402
 
 __all__ += [
     "FineTune",
@@ -27,4 +29,8 @@ __all__ += [
     "WiSEFTPlugin",
     "ZSCL",
     "ZSCLPlugin",
+    "ICaRLCLIP",
+    "ICaRLCLIPPlugin",
+    "LwFVR",
+    "LwFVRPlugin",
 ]

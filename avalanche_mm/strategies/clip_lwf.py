@@ -158,9 +158,8 @@ class CLIPLwFPlugin(SupervisedPlugin):
             self.teacher = frozen_copy(strategy.model)
             return
         self.teacher = frozen_copy(find_backbone(strategy.model))
-        self.prompts = task_prompts(strategy, first_template_only=True)
         with torch.no_grad():
-            tokens = self.teacher.tokenize(self.prompts).to(strategy.device)
+            tokens = self.reference_tokens(strategy).to(strategy.device)
             self._teacher_text = self.teacher.encode_text(tokens)
         dataset = strategy.experience.dataset
         dataset = dataset.eval() if hasattr(dataset, "eval") else dataset
@@ -168,6 +167,12 @@ class CLIPLwFPlugin(SupervisedPlugin):
         exp_id = int(getattr(strategy.experience, "current_experience", 0))
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + exp_id)
         self._ref_iter = self._cycle(dataset, bs, generator)
+
+    def reference_tokens(self, strategy) -> Tensor:
+        """Token ids of the sentences the logits are taken against: the current task's
+        class names in its first template (``self.prompts``)."""
+        self.prompts = task_prompts(strategy, first_template_only=True)
+        return self.teacher.tokenize(self.prompts)
 
     @staticmethod
     def _cycle(dataset, batch_size: int, generator) -> Iterator:
