@@ -113,6 +113,12 @@ class ZSCLPlugin(SupervisedPlugin):
         ``we_every``, end) or ``"periodic"`` (snapshots ``we_every, 2 we_every, ...``).
     :param cache_teacher_images: keep the teacher's features of each reference
         image after its first use (the teacher is frozen).
+    :param precompute_teacher_images: encode the whole reference set (a tensor)
+        with the teacher once, before the first task.
+    :param fused_forward: encode the reference images with the training images in
+        one student forward (the same features and gradients; one pass instead of two).
+    :param fast_l2: compute the L2 term without autograd and add its gradient
+        ``2 w (theta - theta_start)`` after the backward pass (same value and gradient).
     :param ref_batch_size: reference images per iteration.
     :param ref_text_batch_size: reference sentences per iteration (None: all).
     :param text_features: ``"teacher"`` (released code) or ``"student"`` (paper formula).
@@ -134,6 +140,9 @@ class ZSCLPlugin(SupervisedPlugin):
         we_every: int = 100,
         we_mode: str = "code",
         cache_teacher_images: bool = True,
+        precompute_teacher_images: bool = False,
+        fused_forward: bool = True,
+        fast_l2: bool = True,
         ref_batch_size: int = 64,
         ref_text_batch_size: Optional[int] = None,
         text_features: str = "teacher",
@@ -172,7 +181,14 @@ class ZSCLPlugin(SupervisedPlugin):
         self.l2_weight = float(l2_weight)
         self.we_every = int(we_every)
         self.we_mode = we_mode
-        self.cache_teacher_images = bool(cache_teacher_images)
+        self.cache_teacher_images = bool(cache_teacher_images) or bool(precompute_teacher_images)
+        self.precompute_teacher_images = bool(precompute_teacher_images)
+        self.fused_forward = bool(fused_forward)
+        self.fast_l2 = bool(fast_l2)
+        self._pending = None
+        self._s_ref: Optional[Tensor] = None
+        self._fused_backbone = None
+        self._l2_diffs = None
         self.ref_batch_size = int(ref_batch_size)
         self.ref_text_batch_size = ref_text_batch_size
         self.text_features = text_features
@@ -206,6 +222,8 @@ class ZSCLPlugin(SupervisedPlugin):
         if self.teacher is None:
             self.teacher = frozen_copy(find_backbone(strategy.model))
         self.teacher.to(strategy.device)
+        if self.precompute_teacher_images and isinstance(self.reference_images, Tensor):
+            self.encode_all_reference_images(strategy.device)
         exp_id = int(strategy.experience.current_experience)
         self._generator = torch.Generator().manual_seed(_stable_seed(self.seed, exp_id))
         self._ref_iter = None
@@ -253,6 +271,16 @@ class ZSCLPlugin(SupervisedPlugin):
             )
             yield from loader
 
+    def encode_all_reference_images(self, device, batch_size: int = 256) -> None:
+        """Fill the teacher-feature cache for every reference image not encoded yet."""
+        n = len(self.reference_images)
+        known = self._t_img_known
+        todo = torch.arange(n) if known is None else (~known).nonzero().flatten()
+        with torch.no_grad():
+            for s in range(0, len(todo), batch_size):
+                idx = todo[s : s + batch_size]
+                self.teacher_image_features(self.reference_images[idx].to(device), idx)
+
     def teacher_image_features(self, images: Tensor, indices: Tensor) -> Tensor:
         """The teacher's features of reference images (cached by index when enabled)."""
         if not self.cache_teacher_images:
@@ -280,7 +308,11 @@ class ZSCLPlugin(SupervisedPlugin):
         device = strategy.device
         student = find_backbone(strategy.model)
         teacher = self.teacher
-        images, indices = self._next_images(device)
+        if self._pending is not None:
+            images, indices = self._pending
+        else:
+            images, indices = self._next_images(device)
+        s_img_fused, self._pending, self._s_ref = self._s_ref, None, None
         tokens = self._texts(device)
         with torch.no_grad():
             if self._teacher_text is None:
@@ -291,7 +323,7 @@ class ZSCLPlugin(SupervisedPlugin):
         if self.ref_text_batch_size is not None and self.ref_text_batch_size < len(tokens):
             sel = torch.randperm(len(tokens), generator=self._generator)[: self.ref_text_batch_size].to(device)
         t_txt = self._teacher_text if sel is None else self._teacher_text[sel]
-        s_img = student.encode_image(images)
+        s_img = s_img_fused if s_img_fused is not None else student.encode_image(images)
         if self.text_features == "student":
             s_txt = student.encode_text(tokens if sel is None else tokens[sel])
         else:
@@ -315,6 +347,50 @@ class ZSCLPlugin(SupervisedPlugin):
             return torch.zeros((), device=next(model.parameters()).device)
         return torch.stack(terms).sum()
 
+    # -- one student forward for the training and the reference images ---------------
+    def before_forward(self, strategy, **kwargs):
+        if not self.fused_forward or not (self.image_weight > 0 or self.text_weight > 0):
+            return
+        self._pending = self._next_images(strategy.device)
+        self._s_ref = None
+        backbone = find_backbone(strategy.model)
+        original = backbone.encode_image
+        ref = self._pending[0]
+        plugin = self
+
+        def fused(images, normalize: bool = True):
+            backbone.__dict__.pop("encode_image", None)  # one call only
+            if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1:] != ref.shape[1:]:
+                return original(images, normalize)
+            out = original(torch.cat([images, ref.to(images.device, images.dtype)]), normalize)
+            plugin._s_ref = out[images.shape[0]:]
+            return out[: images.shape[0]]
+
+        backbone.__dict__["encode_image"] = fused
+        self._fused_backbone = backbone
+
+    def after_forward(self, strategy, **kwargs):
+        backbone = getattr(self, "_fused_backbone", None)
+        if backbone is not None:  # the head did not encode images (e.g. cached features)
+            backbone.__dict__.pop("encode_image", None)
+            self._fused_backbone = None
+
+    # -- the penalty terms ---------------------------------------------------------------
+    def _l2_direct(self, model: nn.Module) -> Tensor:
+        """``sum ||theta - theta_start||^2`` without autograd; keeps ``theta - theta_start``
+        for :meth:`after_backward`, which adds its gradient ``2 w (theta - theta_start)``."""
+        pairs = [(p, self.start_weights[n]) for n, p in model.named_parameters() if n in self.start_weights]
+        if not pairs:
+            self._l2_diffs = None
+            return torch.zeros((), device=next(model.parameters()).device)
+        params = [p for p, _ in pairs]
+        with torch.no_grad():
+            diffs = torch._foreach_sub([p.detach() for p in params], [s.to(p.device) for p, s in pairs])
+            norms = torch._foreach_norm(diffs)
+            value = torch.stack([n.float() for n in norms]).pow(2).sum()
+        self._l2_diffs = (params, diffs)
+        return value
+
     def before_backward(self, strategy, **kwargs):
         losses: Dict[str, Tensor] = {}
         if self.image_weight > 0 or self.text_weight > 0:
@@ -323,11 +399,29 @@ class ZSCLPlugin(SupervisedPlugin):
                 losses["image"] = self.image_weight * d["image"]
             if self.text_weight > 0:
                 losses["text"] = self.text_weight * d["text"]
+        self._l2_diffs = None
         if self.l2_weight > 0:
-            losses["l2"] = self.l2_weight * self.l2_penalty(strategy.model)
+            if self.fast_l2:
+                losses["l2"] = self.l2_weight * self._l2_direct(strategy.model)  # value only; grad below
+            else:
+                losses["l2"] = self.l2_weight * self.l2_penalty(strategy.model)
         for value in losses.values():
             strategy.loss = strategy.loss + value
         self.last_losses = {k: float(v.detach()) for k, v in losses.items()}
+
+    def after_backward(self, strategy, **kwargs):
+        if self._l2_diffs is None:
+            return
+        params, diffs = self._l2_diffs
+        self._l2_diffs = None
+        with torch.no_grad():
+            with_grad = [(p, d) for p, d in zip(params, diffs) if p.grad is not None]
+            if with_grad:
+                torch._foreach_add_([p.grad for p, _ in with_grad], [d for _, d in with_grad],
+                                    alpha=2.0 * self.l2_weight)
+            for p, d in zip(params, diffs):
+                if p.grad is None:
+                    p.grad = d.mul(2.0 * self.l2_weight).to(p.dtype)
 
     # -- weight ensemble -----------------------------------------------------------
     def _merge(self, model: nn.Module) -> None:
@@ -408,6 +502,9 @@ class ZSCL(FineTune):
     :param we_mode: ``"code"`` (released code: the task start and iteration 0 are
         snapshots) or ``"periodic"`` (snapshots every ``we_every`` iterations only).
     :param cache_teacher_images: cache the frozen teacher's reference-image features by index.
+    :param precompute_teacher_images: encode the whole reference set with the teacher before the first task.
+    :param fused_forward: one student image forward for the training and reference images.
+    :param fast_l2: the L2 gradient added directly instead of through autograd.
     :param ref_batch_size: reference images per iteration (the training batch size in the paper).
     :param ref_text_batch_size: reference sentences per iteration (None: all).
     :param text_features: ``"teacher"`` (released code) or ``"student"``.
@@ -428,6 +525,9 @@ class ZSCL(FineTune):
         we_every: int = 100,
         we_mode: Literal["code", "periodic"] = "code",
         cache_teacher_images: bool = True,
+        precompute_teacher_images: bool = False,
+        fused_forward: bool = True,
+        fast_l2: bool = True,
         ref_batch_size: int = 64,
         ref_text_batch_size: Optional[int] = None,
         text_features: str = "teacher",
@@ -446,13 +546,17 @@ class ZSCL(FineTune):
             we_every=we_every,
             we_mode=we_mode,
             cache_teacher_images=cache_teacher_images,
+            precompute_teacher_images=precompute_teacher_images,
+            fused_forward=fused_forward,
+            fast_l2=fast_l2,
             ref_batch_size=ref_batch_size,
             ref_text_batch_size=ref_text_batch_size,
             text_features=text_features,
             teacher=teacher,
             seed=seed,
         )
-        super().__init__(plugins=list(plugins or []) + [self.zscl_plugin], **base_kwargs)
+        # first, so that later plugins see the complete gradient (the L2 part is added in after_backward)
+        super().__init__(plugins=[self.zscl_plugin] + list(plugins or []), **base_kwargs)
 
 
 __all__ = ["ZSCLPlugin", "ZSCL", "WE_MODES"]

@@ -256,3 +256,35 @@ def test_teacher_image_cache_gives_the_same_losses_and_encodes_each_image_once(s
     n_ref = len(bundle.reference.images)
     assert plugins[True].num_teacher_image_encodings <= n_ref
     assert plugins[False].num_teacher_image_encodings == 6 * min(8, n_ref)
+
+
+def test_fused_forward_fast_l2_and_precomputed_teacher_give_the_same_losses_and_gradients(setup):
+    """The cost optimisations (one student forward, L2 gradient without autograd, teacher features
+    precomputed) leave the losses and gradients of every step equal to float precision."""
+    bundle, model = setup
+    exp = bundle.scenario.train_stream[0]
+    runs = {}
+    for name, kw in {"plain": dict(fused_forward=False, fast_l2=False, cache_teacher_images=False),
+                     "fast": dict(fused_forward=True, fast_l2=True, precompute_teacher_images=True)}.items():
+        torch.manual_seed(0)
+        rec = Recorder()
+        strat = _zscl(bundle, copy.deepcopy(model), rec, iterations=4, l2_weight=1.0, we_every=2, **kw)
+        seen = []
+        orig = strat.zscl_plugin.before_backward
+
+        def spy(strategy, _orig=orig, _seen=seen, **k):
+            _orig(strategy, **k)
+            _seen.append((float(strategy.loss.detach()), dict(strategy.zscl_plugin.last_losses)))
+
+        strat.zscl_plugin.before_backward = spy
+        strat.train(exp)
+        runs[name] = (seen, rec.grads)
+    (la, ga), (lb, gb) = runs["plain"], runs["fast"]
+    for (ta, da), (tb, db) in zip(la, lb):
+        assert abs(ta - tb) <= 1e-4 * max(1.0, abs(ta))
+        for k in da:
+            assert abs(da[k] - db[k]) <= 1e-4 * max(1.0, abs(da[k])), k  # float32 after Adam steps
+    for a, b in zip(ga, gb):  # the recorder runs after the plugin: it sees the L2 gradient too
+        for n in a:
+            assert float((a[n] - b[n]).norm()) <= 1e-4 * float(a[n].norm()) + 1e-7, n
+    assert la[-1][1]["l2"] > 0
