@@ -183,3 +183,19 @@ def test_clip_lwf_minibatch_mode_is_kept(setup):
     assert strat.lwf_plugin.last_loss is not None
     with pytest.raises(ValueError, match="mode"):
         CLIPLwFPlugin(mode="paper")
+
+
+def test_teacher_copies_share_the_tokenizer_and_optimizers_take_the_fast_path(setup):
+    from avalanche_mm.strategies.finetune import find_backbone, frozen_copy, make_clip_optimizer
+
+    _, model = setup
+    bb = find_backbone(model)
+    t = frozen_copy(bb)
+    assert t.tokenizer is bb.tokenizer  # shared, not deep-copied
+    p0, q0 = next(bb.parameters()), next(t.parameters())
+    assert q0 is not p0 and torch.equal(q0, p0) and not q0.requires_grad
+    assert torch.equal(t.tokenize(["a photo"]), bb.tokenize(["a photo"]))
+    opt = make_clip_optimizer(model, name="adamw", lr=1e-4)
+    assert opt.defaults.get("fused") or opt.defaults.get("foreach")
+    sgd = make_clip_optimizer(model, name="sgd", lr=1e-2)
+    assert sgd.defaults.get("foreach")
