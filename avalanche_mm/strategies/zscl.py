@@ -43,12 +43,14 @@ with a zero weight / period); :class:`ZSCL` is continual fine-tuning with it.
 from __future__ import annotations
 
 import zlib
-from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Union
+from typing import Annotated, Any, Dict, Iterator, List, Literal, Optional, Sequence, Union
 
 import torch
 from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+
+from avalanche_mm.registry import Range
 
 from .finetune import (
     FineTune,
@@ -518,19 +520,19 @@ class ZSCL(FineTune):
         *,
         reference_images,
         reference_texts,
-        image_weight: float = 1.0,
-        text_weight: float = 1.0,
-        temperature: float = 2.0,
-        l2_weight: float = 1.0,
-        we_every: int = 100,
+        image_weight: Annotated[float, Range(ge=0.0)] = 1.0,
+        text_weight: Annotated[float, Range(ge=0.0)] = 1.0,
+        temperature: Annotated[float, Range(gt=0.0)] = 2.0,
+        l2_weight: Annotated[float, Range(ge=0.0)] = 1.0,
+        we_every: Annotated[int, Range(ge=0)] = 100,
         we_mode: Literal["code", "periodic"] = "code",
         cache_teacher_images: bool = True,
         precompute_teacher_images: bool = False,
         fused_forward: bool = True,
         fast_l2: bool = True,
-        ref_batch_size: int = 64,
-        ref_text_batch_size: Optional[int] = None,
-        text_features: str = "teacher",
+        ref_batch_size: Annotated[int, Range(ge=1)] = 64,
+        ref_text_batch_size: Optional[Annotated[int, Range(ge=1)]] = None,
+        text_features: Literal["teacher", "student"] = "teacher",
         teacher: Optional[nn.Module] = None,
         seed: int = 0,
         plugins: Optional[List] = None,
