@@ -3,12 +3,14 @@
 ``avalanche-mm run [CONFIG] [--set KEY=VALUE ...] [--output DIR] [--only NAME ...] [--fresh]``
     run a study (the built-in default when CONFIG is omitted); rerunning the
     same command resumes an interrupted run.
-``avalanche-mm list [benchmarks|strategies|models|metrics|recipes|options]``
-    what a config can name.
+``avalanche-mm list [benchmarks|strategies|models|metrics|loggers|plugins|recipes|options|NAME]``
+    what a config can name, with parameters and defaults; ``list NAME`` shows
+    one entry's documentation.
 ``avalanche-mm report DIR``
     rebuild the summary, plots and report of a results folder.
 ``avalanche-mm check [CONFIG] [--set ...]``
-    validate a config and print it resolved, without running anything.
+    validate a config as ``run`` does before training (every problem at once),
+    print it resolved, without training anything.
 """
 
 from __future__ import annotations
@@ -20,27 +22,13 @@ import time
 import warnings
 from typing import Optional, Sequence
 
-LIST_WHAT = ("benchmarks", "strategies", "models", "metrics", "recipes", "options")
-
-#: the metrics the main job records (name -> what it measures)
-METRICS = {
-    "Top1_Acc_Exp / Top1_Acc_Stream": "accuracy per test experience / over the test stream (Avalanche)",
-    "AccMatrix_* / MTIL_Transfer/Avg/Last": "accuracy matrix a(t,i) summaries: average, forgetting, BWT, FWT, MTIL Transfer/Avg/Last",
-    "Loss_Epoch / Loss_Stream": "training and evaluation loss (Avalanche)",
-    "TrainingTime": "wall time of training and evaluation",
-    "UnimodalAcc_<m> / FusedAcc": "accuracy of each modality alone beside the fused accuracy (evaluation.per_modality)",
-    "ModalityContribution_<m>": "accuracy lost when modality m is removed (evaluation.per_modality)",
-    "ModalityImbalanceIndex": "0 = modalities contribute equally, 1 = one modality does all the work (evaluation.per_modality)",
-    "UnimodalForgetting_<m>": "forgetting of each modality alone (evaluation.per_modality)",
-    "OGMGE_Ratio_<m>": "OGM-GE discrepancy ratio during training (fusion models)",
-    "Align_* / Retrieval_*": "modality gap, positive-pair cosine, probe retrieval recall (evaluation.alignment)",
-    "Drift_*": "drift between consecutive model versions on the probe set (evaluation.alignment)",
-    "DriftFromInit_*": "drift from the pretrained model on the probe set: KL, argmax agreement, rotations (evaluation.alignment)",
-}
+LIST_WHAT = ("benchmarks", "strategies", "models", "metrics", "loggers", "plugins", "recipes", "options")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="avalanche-mm", description="Multimodal continual learning studies on Avalanche.")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module that registers methods, benchmarks, models... (repeatable)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="run a study from a config (default: the built-in demo)")
     run.add_argument("config", nargs="?", default=None, help="YAML file or recipe name (avalanche-mm list recipes)")
@@ -51,14 +39,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="run only this strategy (name or study/name; repeatable)")
     run.add_argument("--fresh", action="store_true", help="delete the results folder first instead of resuming")
     run.add_argument("--no-report", action="store_true", help="skip the report at the end")
-    lst = sub.add_parser("list", help="list benchmarks, strategies, models, metrics, recipes or config options")
-    lst.add_argument("what", nargs="?", default=None, choices=LIST_WHAT)
+    lst = sub.add_parser("list", help="list benchmarks, strategies, models, metrics, loggers, plugins, recipes or config options; or show one entry")
+    lst.add_argument("what", nargs="?", default=None, metavar="WHAT|NAME",
+                     help=", ".join(LIST_WHAT) + ", or the name of one entry (a method, benchmark, model, metric group, logger or recipe)")
     rep = sub.add_parser("report", help="rebuild the report of a results folder")
     rep.add_argument("folder")
     rep.add_argument("--no-plots", action="store_true", help="skip the plots")
-    chk = sub.add_parser("check", help="validate a config and print it resolved")
+    chk = sub.add_parser("check", help="validate a config as run does before training, and print it resolved")
     chk.add_argument("config", nargs="?", default=None)
     chk.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    chk.add_argument("--quiet", "-q", action="store_true", help="do not print the resolved config")
     return p
 
 
@@ -70,35 +60,102 @@ def _print_map(title: str, items) -> None:
     print()
 
 
-def cmd_list(what: Optional[str]) -> int:
-    from avalanche_mm.experiments import METHODS, list_benchmarks, list_models
-    from avalanche_mm.experiments.config import SCHEMA, packaged_recipes, repo_recipes
-    from avalanche_mm.schema import describe
+def _flags(item) -> str:
+    flags = []
+    if item.get("needs_data"):
+        flags.append("needs data on disk")
+    if item.get("needs_weights"):
+        flags.append("needs pretrained weights")
+    if item.get("reference_split"):
+        flags.append("reference split")
+    if item.get("model_kinds"):
+        flags.append("models: " + "/".join(item["model_kinds"]))
+    return f" [{'; '.join(flags)}]" if flags else ""
 
-    todo = [what] if what else list(LIST_WHAT[:-1])
+
+def _print_entries(title: str, items) -> None:
+    print(f"{title}:")
+    for item in items:
+        print(f"  {item['name']}  - {item['summary']}{_flags(item)}")
+        if item.get("logged"):
+            print(f"      logs: {item['logged']}")
+        for p in item["params"]:
+            default = p["default"]
+            print(f"      {p['name']} = {default!r}  ({p['expected']})" + (f"  {p['help']}" if p["help"] else ""))
+    print()
+
+
+def _recipes():
+    from avalanche_mm.experiments.config import packaged_recipes, repo_recipes
+
+    items = dict(packaged_recipes())
+    items.update({k: v for k, v in repo_recipes().items() if k not in items})
+    return items
+
+
+def _show_entry(name: str) -> int:
+    from avalanche_mm.catalog import find
+
+    hits = find(name)
+    recipes = _recipes()
+    if not hits and name not in recipes:
+        from avalanche_mm.catalog import KINDS, describe
+
+        from avalanche_mm.experiments.config import ConfigError
+        from avalanche_mm.schema import _suggest
+
+        known = sorted({i["name"] for k in KINDS for i in describe(k)} | set(recipes))
+        raise ConfigError([f"list: got {name!r}, expected one of {', '.join(LIST_WHAT)} or an entry name" + _suggest(name, known)])
+    for item in hits:
+        print(f"{item['name']} ({item['kind'][:-1]}, {item['source']}){_flags(item)}")
+        print(f"  {item['summary']}")
+        if item.get("reference"):
+            print(f"  reference: {item['reference']}")
+        if item.get("logged"):
+            print(f"  logged: {item['logged']}")
+        if item["params"]:
+            print("  parameters:")
+            for p in item["params"]:
+                print(f"    {p['name']} = {p['default']!r}  ({p['expected']})" + (f"  {p['help']}" if p["help"] else ""))
+        if item["doc"]:
+            print()
+            print("  " + item["doc"].replace("\n", "\n  "))
+        print()
+    if name in recipes:
+        print(f"{name} (recipe, {recipes[name]}):")
+        with open(recipes[name], encoding="utf-8") as fh:
+            print(fh.read())
+    return 0
+
+
+def cmd_list(what: Optional[str]) -> int:
+    from avalanche_mm.catalog import describe
+    from avalanche_mm.experiments.config import SCHEMA
+    from avalanche_mm.schema import describe as describe_schema
+
+    if what is not None and what not in LIST_WHAT:
+        return _show_entry(what)
+    todo = [what] if what else [w for w in LIST_WHAT if w != "options"]
     for w in todo:
         if w == "benchmarks":
-            items = {}
-            for k, v in list_benchmarks().items():
-                items[k] = getattr(v, "description", v)
-            _print_map("benchmarks (benchmark.name)", items)
+            _print_entries("benchmarks (benchmark.name; parameters in benchmark.params)", describe("benchmarks"))
         elif w == "strategies":
-            items = {}
-            for name, spec in METHODS.items():
-                params = ", ".join(f"{k}={o.default!r}" for k, o in spec.params.items())
-                kinds = "/".join(spec.model_kinds)
-                items[name] = f"{spec.summary} [{kinds}]" + (f"; params: {params}" if params else "")
-            _print_map("strategies (strategies.<name>.method)", items)
+            _print_entries("strategies (strategies.<name>.method; parameters beside it)", describe("methods"))
         elif w == "models":
-            _print_map("models (model.backbone for kind clip, model.name for kind fusion)", list_models())
+            _print_entries("models (model.backbone for kind clip, model.name for kind fusion; parameters in model.params)", describe("models"))
         elif w == "metrics":
-            _print_map("metrics recorded in metrics.jsonl", METRICS)
+            _print_entries("metric groups (core ones always; others in evaluation.metrics.<name>)", describe("metrics"))
+        elif w == "loggers":
+            _print_entries("loggers (loggers: [...])", describe("loggers"))
+        elif w == "plugins":
+            from avalanche_mm.strategies.registry import PLUGINS
+
+            _print_map("plugins (plugins: [...]; entry-point group avalanche_mm.plugins)",
+                       {e.name: e.meta.get("summary", "") for e in PLUGINS.entries()} or {"(none registered)": ""})
         elif w == "recipes":
-            items = {f"{k}": v for k, v in packaged_recipes().items()}
-            items.update({f"{k}": v for k, v in repo_recipes().items()})
-            _print_map("recipes (avalanche-mm run <recipe>)", items)
+            _print_map("recipes (avalanche-mm run <recipe>)", _recipes())
         elif w == "options":
-            rows = describe(SCHEMA)
+            rows = describe_schema(SCHEMA)
             _print_map("config options (key: default - help)", {k: f"{d} - {h}" for k, d, h in rows})
     return 0
 
@@ -129,11 +186,18 @@ def cmd_report(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from avalanche_mm.experiments.config import dump_yaml, load_config
+    from avalanche_mm.experiments.check import preflight
+    from avalanche_mm.experiments.config import dump_yaml, load_config, resolve_config_source
 
     cfg = load_config(args.config, overrides=args.overrides)
-    print(dump_yaml(cfg))
-    print("config OK", file=sys.stderr)
+    source = resolve_config_source(args.config)
+    result = preflight(cfg, source=source)
+    result.raise_problems()
+    if not args.quiet:
+        print(dump_yaml(cfg))
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print("config OK: run will train with it", file=sys.stderr)
     return 0
 
 
@@ -152,6 +216,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.imports:
+            from avalanche_mm.registry import import_modules
+
+            try:
+                import_modules(args.imports, key="--import")
+            except ImportError as err:
+                raise ConfigError([str(err)]) from err
         if args.command == "run":
             return cmd_run(args)
         if args.command == "list":

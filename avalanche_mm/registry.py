@@ -20,6 +20,7 @@ on the annotation through ``typing.Annotated`` and :class:`Range`::
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import re
 import sys
@@ -27,7 +28,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from avalanche_mm.schema import Opt, _suggest
+from avalanche_mm.schema import REQUIRED, Opt, _suggest
 
 
 class RegistryError(KeyError):
@@ -135,6 +136,11 @@ class Registry(Mapping[str, Any]):
             added.extend(sorted(set(self._entries) - before))
         return added
 
+    def refresh(self) -> None:
+        """Look at the entry points again on next access (after installing a
+        distribution, or putting one on ``sys.path``, in a running process)."""
+        self._loaded_entry_points = False
+
     def entry(self, name: str) -> Entry:
         """The :class:`Entry` of ``name``; an unknown name raises with the known ones."""
         self._ensure()
@@ -233,11 +239,11 @@ def _opt_from_annotation(name: str, annotation: Any, default: Any, help: str) ->
         break
     item = None
     origin = typing.get_origin(ann)
-    if origin in (list, List, Sequence, tuple, typing.Sequence) or ann in (list, tuple):
+    if origin in (list, tuple, collections.abc.Sequence) or ann in (list, tuple, collections.abc.Sequence):
         args = typing.get_args(ann)
         item = _KIND_OF.get(args[0]) if args else None
         kind = "list"
-    elif origin in (dict, Dict, Mapping) or ann in (dict, Mapping):
+    elif origin in (dict, collections.abc.Mapping) or ann in (dict, collections.abc.Mapping):
         kind = "dict"
     elif ann in _KIND_OF:
         kind = _KIND_OF[ann]
@@ -256,7 +262,10 @@ def _opt_from_annotation(name: str, annotation: Any, default: Any, help: str) ->
             check = rng.check
             minimum = rng.gt if minimum is None and rng.gt is not None else minimum
             maximum = rng.lt if maximum is None and rng.lt is not None else maximum
-    return Opt(kind, default, choices=choices, nullable=nullable, minimum=minimum, maximum=maximum, item=item, check=check, help=help)
+    opt = Opt(kind, default, choices=choices, nullable=nullable, minimum=minimum, maximum=maximum, item=item, check=check, help=help)
+    if rng is not None:
+        opt.exclusive = (rng.ge is None and rng.gt is not None, rng.le is None and rng.lt is not None)
+    return opt
 
 
 _PARAM_RE = re.compile(r":param\s+(\w+):(.*?)(?=\n\s*:[a-z]+[\s:]|\n\s*\n|\Z)", re.S)
@@ -273,7 +282,9 @@ def param_docs(obj: Any) -> Dict[str, str]:
     return out
 
 
-def params_from_signature(fn: Any, *, exclude: Sequence[str] = (), only: Optional[Sequence[str]] = None) -> Dict[str, Opt]:
+def params_from_signature(
+    fn: Any, *, exclude: Sequence[str] = (), only: Optional[Sequence[str]] = None, loose: bool = False
+) -> Dict[str, Opt]:
     """The config schema of a callable's parameters: one :class:`Opt` each.
 
     Every parameter with a default and a config-able annotation (``int``,
@@ -281,6 +292,9 @@ def params_from_signature(fn: Any, *, exclude: Sequence[str] = (), only: Optiona
     ``Optional[...]``, ``Annotated[..., Range(...)]``) becomes an option;
     ``exclude`` drops names (template arguments such as ``model``), ``only``
     keeps just the names listed. Help text comes from the reST ``:param:``.
+    With ``loose=True`` every keyword parameter is kept: one without a
+    config-able annotation accepts any value (``Opt("any")``), one without a
+    default is required (benchmark factories).
     """
     target = fn.__init__ if inspect.isclass(fn) else fn
     sig = inspect.signature(target)
@@ -295,9 +309,12 @@ def params_from_signature(fn: Any, *, exclude: Sequence[str] = (), only: Optiona
             continue
         if only is not None and name not in only:
             continue
-        if p.default is inspect.Parameter.empty or name not in hints:
+        default = REQUIRED if p.default is inspect.Parameter.empty else p.default
+        if not loose and (default is REQUIRED or name not in hints):
             continue
-        opt = _opt_from_annotation(name, hints[name], p.default, docs.get(name, ""))
+        opt = _opt_from_annotation(name, hints[name], default, docs.get(name, "")) if name in hints else None
+        if opt is None and loose:
+            opt = Opt("any", default, help=docs.get(name, ""))
         if opt is not None:
             out[name] = opt
         elif only is not None:
@@ -309,4 +326,18 @@ def params_from_signature(fn: Any, *, exclude: Sequence[str] = (), only: Optiona
     return out
 
 
-__all__ = ["Registry", "RegistryError", "Entry", "Range", "params_from_signature", "param_docs"]
+def import_modules(names: Sequence[str], *, key: str = "imports") -> None:
+    """Import modules that register entries (a config's ``imports``, the CLI's ``--import``).
+
+    :raises ImportError: naming the item (``imports[i]``) and the module.
+    """
+    import importlib
+
+    for i, name in enumerate(names or ()):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # re-raised with the config key named
+            raise ImportError(f"{key}[{i}]: cannot import module {name!r}: {type(exc).__name__}: {exc}") from exc
+
+
+__all__ = ["Registry", "RegistryError", "Entry", "Range", "params_from_signature", "param_docs", "import_modules"]

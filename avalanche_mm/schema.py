@@ -86,12 +86,13 @@ class Opt:
             what = "one of " + ", ".join(repr(c) for c in self.choices)
             if self.kind == "list":
                 what = "a list of " + ", ".join(repr(c) for c in self.choices)
+        lo_open, hi_open = getattr(self, "exclusive", (False, False))
         if self.minimum is not None and self.maximum is not None:
-            what += f" in [{self.minimum}, {self.maximum}]"
+            what += f" in {'(' if lo_open else '['}{self.minimum}, {self.maximum}{')' if hi_open else ']'}"
         elif self.minimum is not None:
-            what += f" >= {self.minimum}"
+            what += f" {'>' if lo_open else '>='} {self.minimum}"
         elif self.maximum is not None:
-            what += f" <= {self.maximum}"
+            what += f" {'<' if hi_open else '<='} {self.maximum}"
         if self.nullable:
             what += " (or null)"
         return what

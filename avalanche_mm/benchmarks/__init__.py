@@ -10,8 +10,9 @@
   :func:`with_modality_schedule`.
 - Built-in data: :class:`ProceduralWorld`, :func:`digits_class_incremental`.
 - Real data on disk: :mod:`avalanche_mm.benchmarks.datasets`.
-- Registry: :func:`get_benchmark`, :func:`list_benchmarks`,
-  :func:`register_benchmark`.
+- Registry: :data:`BENCHMARKS`, :func:`get_benchmark`, :func:`list_benchmarks`,
+  :func:`register_benchmark`; a run's view of a benchmark (scenario, class
+  names, reference split): :class:`BenchmarkBundle`, :func:`build_bundle`.
 """
 
 from . import catalog as _catalog  # noqa: F401  (registers the built-in benchmarks)
@@ -26,7 +27,9 @@ from .conditions import (
     with_modality_schedule,
 )
 from .digits import DIGIT_NAMES, digits_class_incremental, load_digits_multimodal
+from .bundle import BenchmarkBundle, ReferenceSet, build_bundle, load_reference
 from .registry import (
+    BENCHMARKS,
     BenchmarkEntry,
     benchmark_info,
     get_benchmark,
@@ -73,7 +76,12 @@ __all__ = [
     "DIGIT_NAMES",
     "digits_class_incremental",
     "load_digits_multimodal",
+    "BENCHMARKS",
     "BenchmarkEntry",
+    "BenchmarkBundle",
+    "ReferenceSet",
+    "build_bundle",
+    "load_reference",
     "register_benchmark",
     "list_benchmarks",
     "benchmark_info",

@@ -17,7 +17,7 @@ comparing strategies on one benchmark::
 A config with a single study may put ``benchmark``, ``model``, ``training``,
 ``evaluation`` and ``strategies`` at the top level (they become the study
 ``main``). A strategy entry's name is its display name; its ``method`` (default:
-the name itself) picks the method from :data:`avalanche_mm.experiments.methods.METHODS`;
+the name itself) picks the method from :data:`avalanche_mm.strategies.registry.METHODS`;
 its other keys are the method's parameters, plus an optional ``training``
 mapping that overrides the study's training settings for that strategy.
 
@@ -40,6 +40,7 @@ import yaml
 
 from avalanche_mm.schema import REQUIRED, ConfigError, MapOf, Opt, Section, _show, _suggest
 
+#: the built-in loggers (any name in :data:`avalanche_mm.metrics.loggers.LOGGERS` is accepted)
 LOGGERS = ("text", "tensorboard", "wandb", "csv", "interactive")
 MODEL_KINDS = ("clip", "fusion")
 #: top-level keys that are moved under ``studies.main`` in the single-study form
@@ -56,6 +57,14 @@ def _check_betas(value: List[float]) -> Optional[str]:
     if len(value) != 2 or not all(isinstance(v, float) and 0 <= v < 1 for v in value):
         return "expected two numbers in [0, 1), e.g. [0.9, 0.999]"
     return None
+
+
+def _check_names(values: Any, registry: Any, key: str, errors: List[str]) -> None:
+    """``key[i]: got 'x', expected one of ...`` for list items not in ``registry``."""
+    known = list(registry)
+    for i, name in enumerate(values if isinstance(values, list) else []):
+        if isinstance(name, str) and name not in registry:
+            errors.append(f"{key}[{i}]: got {name!r}, expected one of " + (", ".join(map(repr, known)) or "(none registered)") + _suggest(name, known))
 
 
 EXPECTATION_KINDS = ("above_chance", "greater", "at_least")
@@ -151,12 +160,7 @@ MODEL = Section(
     help="the model",
 )
 
-def resolve_data_path(path: str, data_root: Optional[str]) -> str:
-    """``path`` with ``~`` expanded, relative paths taken under ``data_root`` when given."""
-    path = os.path.expanduser(path)
-    if not os.path.isabs(path) and data_root:
-        path = os.path.join(os.path.expanduser(data_root), path)
-    return path
+from avalanche_mm.benchmarks.bundle import resolve_data_path  # noqa: E402  (re-exported)
 
 
 REFERENCE = Section(
@@ -188,8 +192,13 @@ BENCHMARK = Section(
 EVALUATION = Section(
     {
         "initial": Opt("bool", True, help="evaluate the untrained model on the whole test stream first (FWT baseline)"),
-        "per_modality": Opt("bool", False, help="per-modality accuracy / contribution / imbalance metrics"),
-        "alignment": Opt("bool", False, help="cross-modal alignment and drift on a probe set (CLIP kind)"),
+        "per_modality": Opt("bool", False, help="per-modality accuracy / contribution / imbalance metrics (shorthand for metrics: {modality-imbalance: {}})"),
+        "alignment": Opt("bool", False, help="cross-modal alignment and drift on a probe set (CLIP kind; shorthand for metrics: {alignment: {}})"),
+        "metrics": Opt(
+            "dict", {},
+            help="metric groups to record besides the core ones, name -> parameters (avalanche-mm list metrics), "
+            "e.g. {modality-imbalance: {shapley: true}}",
+        ),
         "probe_size": Opt("int", 128, minimum=2, help="probe-set size for alignment metrics"),
     },
     help="what to measure",
@@ -198,7 +207,8 @@ EVALUATION = Section(
 
 def _strategy_entry(name: str, value: Any, key: str, errors: List[str]) -> Dict[str, Any]:
     """Validate one strategy entry against its method's parameter schema."""
-    from .methods import METHODS
+    import avalanche_mm.strategies  # noqa: F401  (the method files register themselves)
+    from avalanche_mm.strategies.registry import METHODS
 
     if value is None:
         value = {}
@@ -254,8 +264,16 @@ SCHEMA = Section(
         "output": Opt("str", None, nullable=True, help="results folder (the CLI's --output wins)"),
         "progress_bar": Opt("bool", True, help="tqdm progress bars on training and evaluation"),
         "loggers": Opt(
-            "list", ["text"], item="str", choices=list(LOGGERS),
-            help="Avalanche loggers besides the results logger: " + ", ".join(LOGGERS),
+            "list", ["text"], item="str",
+            help="Avalanche loggers besides the results logger (avalanche-mm list loggers): " + ", ".join(LOGGERS),
+        ),
+        "imports": Opt(
+            "list", [], item="str",
+            help="Python modules imported before the config is validated (they register methods, benchmarks, models...)",
+        ),
+        "plugins": Opt(
+            "list", [], item="str",
+            help="extra plugins added to every strategy, by name in the plugin registry (entry-point group avalanche_mm.plugins)",
         ),
         "wandb": WANDB,
         "checkpoints": Section(
@@ -384,8 +402,11 @@ def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, 
     they are written in the file; ``studies.<name>.`` paths work in both forms.
     """
     cfg = copy.deepcopy(raw)
+    single = "studies" not in cfg
     for text in overrides or ():
         path, value = parse_override(text)
+        if single and path[:2] == ["studies", "main"] and len(path) > 2 and path[2] in STUDY_KEYS:
+            path = path[2:]  # the key messages print, in a single-study file
         node = cfg
         for i, part in enumerate(path[:-1]):
             nxt = node.get(part) if isinstance(node, dict) else None
@@ -438,6 +459,11 @@ def validate_config(raw: Mapping[str, Any], *, source: Optional[str] = None) -> 
             errors.append(f"{k}: unknown key, expected one of " + ", ".join(sorted(known)) + _suggest(k, known))
             cfg.pop(k)
     out = SCHEMA.validate(cfg, "", errors)
+    from avalanche_mm.metrics.loggers import LOGGERS as _LOGGERS
+    from avalanche_mm.strategies.registry import PLUGINS as _PLUGINS
+
+    _check_names(out.get("loggers"), _LOGGERS, "loggers", errors)
+    _check_names(out.get("plugins"), _PLUGINS, "plugins", errors)
     for sname, study in (out.get("studies") or {}).items():
         if isinstance(study, dict):
             _check_study(sname, study, errors)
@@ -447,42 +473,77 @@ def validate_config(raw: Mapping[str, Any], *, source: Optional[str] = None) -> 
 
 
 def _check_study(sname: str, study: Dict[str, Any], errors: List[str]) -> None:
-    from .methods import METHODS
-    from .registry import check_benchmark
+    from avalanche_mm.benchmarks.bundle import reference_problems
+    from avalanche_mm.metrics.registry import METRICS
+    from avalanche_mm.strategies.registry import METHODS
 
     key = f"studies.{sname}"
     bench = study.get("benchmark") or {}
     if isinstance(bench, dict) and isinstance(bench.get("name"), str):
-        errors.extend(check_benchmark(bench, f"{key}.benchmark"))
+        errors.extend(benchmark_problems(bench, f"{key}.benchmark"))
     ref = bench.get("reference") if isinstance(bench, dict) else None
     if isinstance(ref, dict):
-        root = bench.get("data_root")
-        for what in ("images", "texts"):
-            value = ref.get(what)
-            if isinstance(value, str):
-                path = resolve_data_path(value, root)
-                if not os.path.exists(path):
-                    errors.append(f"{key}.benchmark.reference.{what}: got {value!r} ({path}), expected an existing "
-                                  + ("folder of images" if what == "images" else "file of sentences"))
+        errors.extend(reference_problems(ref, bench.get("data_root"), f"{key}.benchmark.reference"))
     model = study.get("model") or {}
     kind = model.get("kind") if isinstance(model, dict) else None
-    if kind == "fusion" and not model.get("name"):
-        errors.append(f"{key}.model.name: missing, expected a fusion model name for kind 'fusion'")
+    evaluation = study.get("evaluation") or {}
+    for mname, params in (evaluation.get("metrics") or {}).items():
+        mkey = f"{key}.evaluation.metrics.{mname}"
+        if mname not in METRICS:
+            known = list(METRICS)
+            errors.append(f"{mkey}: unknown metric group, expected one of " + ", ".join(known) + _suggest(mname, known))
+            continue
+        spec = METRICS[mname]
+        if params is not None and not isinstance(params, Mapping):
+            errors.append(f"{mkey}: got {_show(params)}, expected a mapping of parameters (or {{}})")
+            continue
+        Section(spec.params).validate(params or {}, mkey, errors)
+        if kind in MODEL_KINDS and kind not in spec.model_kinds:
+            errors.append(f"{mkey}: needs a model of kind " + " or ".join(map(repr, spec.model_kinds)) + f", but {key}.model.kind is {kind!r}")
+    if isinstance(model, dict) and kind in MODEL_KINDS:
+        from avalanche_mm.models.build import model_problems
+
+        errors.extend(model_problems(model, None, f"{key}.model"))
     training = study.get("training") or {}
     for stname, entry in (study.get("strategies") or {}).items():
         if not isinstance(entry, dict) or entry.get("method") not in METHODS:
             continue
-        spec = METHODS[entry["method"]]
-        if kind in MODEL_KINDS and kind not in spec.model_kinds:
-            errors.append(
-                f"{key}.strategies.{stname}.method: {entry['method']!r} needs a model of kind "
-                + " or ".join(repr(k) for k in spec.model_kinds)
-                + f", but {key}.model.kind is {kind!r}"
+        if isinstance(bench, dict) and isinstance(model, dict) and kind in MODEL_KINDS:
+            from avalanche_mm.strategies.registry import CheckContext
+
+            ctx = CheckContext(
+                key=f"{key}.strategies.{stname}", kind=kind, model=model, benchmark=bench,
+                training={**training, **(entry.get("training") or {})}, bundle=None, model_key=f"{key}.model",
             )
+            params = {k: v for k, v in entry.items() if k not in ("method", "training")}
+            try:
+                errors.extend(METHODS[entry["method"]].problems(ctx, params))
+            except Exception as err:  # a method's check must not hide the other problems
+                errors.append(f"{ctx.key}.method: the check of {entry['method']!r} failed: {type(err).__name__}: {err}")
         merged = {**training, **{k: v for k, v in (entry.get("training") or {}).items()}}
         lrs = merged.get("lr_per_experience")
         if lrs is not None and any((not isinstance(v, float)) or v < 0 for v in lrs):
             errors.append(f"{key}.strategies.{stname}.training.lr_per_experience: got {lrs!r}, expected numbers >= 0")
+
+
+def benchmark_problems(cfg: Mapping[str, Any], key: str) -> List[str]:
+    """Problems with a ``benchmark`` section found without building it: unknown
+    name, unknown, missing, ill-typed or out-of-range parameters, the entry's
+    consistency checks (class splits), a missing or absent data root."""
+    from avalanche_mm.benchmarks.registry import BENCHMARKS
+
+    name = cfg.get("name")
+    if name not in BENCHMARKS:
+        known = list(BENCHMARKS)
+        return [f"{key}.name: got {name!r}, expected one of " + ", ".join(known) + _suggest(name, known)]
+    entry = BENCHMARKS[name]
+    errors = entry.problems(dict(cfg.get("params") or {}), f"{key}.params")
+    root = cfg.get("data_root")
+    if root is not None and not os.path.isdir(os.path.expanduser(root)):
+        errors.append(f"{key}.data_root: got {root!r}, expected an existing folder with the datasets")
+    if entry.needs_data and root is None:
+        errors.append(f"{key}.data_root: missing, benchmark {name!r} reads real data: give the folder that holds it")
+    return errors
 
 
 def load_config(
@@ -504,6 +565,14 @@ def load_config(
         where = resolve_config_source(source)
         data = read_yaml(where)
     data = apply_overrides(data, overrides)
+    imports = data.get("imports")
+    if isinstance(imports, list) and all(isinstance(m, str) for m in imports):
+        from avalanche_mm.registry import import_modules
+
+        try:
+            import_modules(imports)
+        except ImportError as err:
+            raise ConfigError([str(err)], source=where) from err
     return validate_config(data, source=where)
 
 
@@ -528,7 +597,8 @@ def strategy_fingerprint(config: Mapping[str, Any], study_name: str, strategy_na
             "seed": config["seed"],
             "benchmark": study["benchmark"],
             "model": study["model"],
-            "evaluation": study["evaluation"],
+            # evaluation.metrics joined later: left out while empty, so older results still resume
+            "evaluation": {k: v for k, v in study["evaluation"].items() if not (k == "metrics" and not v)},
             "training": strategy_training(study, study["strategies"][strategy_name]),
             "strategy": study["strategies"][strategy_name],
         }
@@ -560,6 +630,7 @@ __all__ = [
     "repo_recipes",
     "strategy_training",
     "resolve_data_path",
+    "benchmark_problems",
     "fingerprint",
     "strategy_fingerprint",
     "dump_yaml",

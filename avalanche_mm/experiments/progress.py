@@ -102,83 +102,12 @@ class MetricCollector(BaseLogger):
             self.values[str(mv.name)] = mv.value
 
 
-def _wandb_logger_class():
-    """Avalanche's ``WandBLogger`` made to work with the installed wandb.
-
-    Avalanche 0.6 calls ``wandb.util.generate_id`` and reads ``wandb.viz``, both
-    gone from recent wandb releases; this subclass sets the run id itself and
-    logs numbers (scalars, 0-d tensors) only.
-    """
-    import uuid
-
-    from avalanche.evaluation.metric_results import AlternativeValues
-    from avalanche.logging import WandBLogger
-    from torch import Tensor
-
-    class CompatWandBLogger(WandBLogger):
-        def before_run(self):
-            if self.wandb is None:
-                self.import_wandb()
-            self.init_kwargs = dict(self.init_kwargs or {})
-            self.init_kwargs.setdefault("id", os.environ.get("WANDB_RUN_ID") or uuid.uuid4().hex[:12])
-            self.wandb.init(**self.init_kwargs)
-
-        def log_single_metric(self, name, value, x_plot):
-            self.step = x_plot
-            if isinstance(value, AlternativeValues):
-                value = value.best_supported_value(float, int, Tensor)
-            if isinstance(value, Tensor) and value.dim() == 0:
-                value = value.item()
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.wandb.log({name: value}, step=self.step)
-
-    return CompatWandBLogger
-
-
 def make_loggers(names: List[str], folder: str, *, run_name: str, wandb_cfg: Mapping[str, Any], config: Mapping[str, Any]) -> List[BaseLogger]:
-    """The Avalanche loggers named in a config, writing under ``folder``.
+    """The Avalanche loggers named in a config, writing under ``folder``
+    (:data:`avalanche_mm.metrics.loggers.LOGGERS`: ``avalanche-mm list loggers``)."""
+    from avalanche_mm.metrics.loggers import make_loggers as _make
 
-    - ``text``: :class:`avalanche.logging.TextLogger` to ``log.txt``;
-    - ``tensorboard``: ``TensorboardLogger`` in ``tb/``;
-    - ``csv``: ``CSVLogger`` in ``csv/`` (Avalanche's fixed columns);
-    - ``wandb``: ``WandBLogger`` in ``wandb/`` (offline unless ``wandb.mode`` says otherwise);
-    - ``interactive``: ``InteractiveLogger`` (Avalanche's own bars, on stdout).
-    """
-    from avalanche.logging import CSVLogger, InteractiveLogger, TensorboardLogger, TextLogger
-
-    out: List[BaseLogger] = []
-    for name in names:
-        if name == "text":
-            out.append(TextLogger(open(os.path.join(folder, "log.txt"), "a", encoding="utf-8")))
-        elif name == "tensorboard":
-            out.append(TensorboardLogger(tb_log_dir=os.path.join(folder, "tb")))
-        elif name == "csv":
-            out.append(CSVLogger(log_folder=os.path.join(folder, "csv")))
-        elif name == "interactive":
-            out.append(InteractiveLogger())
-        elif name == "wandb":
-            WandBLogger = _wandb_logger_class()
-            os.environ.setdefault("WANDB_MODE", wandb_cfg.get("mode", "offline"))
-            os.environ.setdefault("WANDB_SILENT", "true")
-            wdir = os.path.join(folder, "wandb")
-            os.makedirs(wdir, exist_ok=True)
-            params = {"mode": wandb_cfg.get("mode", "offline")}
-            if wandb_cfg.get("entity"):
-                params["entity"] = wandb_cfg["entity"]
-            out.append(
-                WandBLogger(
-                    project_name=wandb_cfg.get("project", "avalanche-mm"),
-                    run_name=run_name,
-                    dir=wdir,
-                    path=os.path.join(folder, "wandb", "artifacts"),
-                    config=dict(config),
-                    save_code=False,
-                    params=params,
-                )
-            )
-        else:
-            raise ValueError(f"loggers: unknown logger {name!r}; expected text, tensorboard, csv, wandb or interactive.")
-    return out
+    return _make(names, folder, run_name=run_name, config={**dict(config), "wandb": dict(wandb_cfg)})
 
 
 def close_loggers(loggers: List[BaseLogger]) -> None:

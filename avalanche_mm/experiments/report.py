@@ -1,17 +1,30 @@
 """Summary tables, plots and the Markdown/HTML report of a results folder.
 
 Everything here reads only the results folder (``config.yaml``,
-``environment.json`` and each strategy's ``state.json``), so
-``avalanche-mm report DIR`` rebuilds the same report at any time, also from
+``environment.json``, each strategy's ``state.json`` and ``metrics.jsonl``),
+so ``avalanche-mm report DIR`` rebuilds the same report at any time, also from
 an interrupted run (partial strategies are reported as such).
+
+One source, three renderings: :func:`report_context` collects every table,
+plot and sentence once; the Jinja2 template ``templates/report.md.j2`` renders
+it to ``report.md`` (and ``summary.md``); ``report.html`` is that Markdown
+converted by the ``markdown`` package; the console text prints the same tables
+with :func:`text_table`.
+
+New methods need no change here: any numeric scalar a method logs during
+evaluation (``state.json`` scalars) or training (last value in its
+``metrics.jsonl``), and any numeric key added to a strategy's summary, appears
+in the study's "Further metrics" table; training metrics named
+``<family>_<modality>[_Epoch|_MB|...]`` (e.g. ``OGMGE_Ratio_audio_Epoch``) get
+a per-modality plot.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
+import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -51,8 +64,35 @@ def _matrix(state: Mapping[str, Any]) -> np.ndarray:
     return np.array([[_num(v) for v in r] for r in rows], dtype=float)
 
 
-def strategy_summary(state: Mapping[str, Any]) -> Dict[str, Any]:
-    """Every summary number of one strategy (accuracies as fractions)."""
+#: scalar names (prefixes) that the fixed tables already show; every other
+#: numeric scalar goes to the "Further metrics" table
+SHOWN_SCALAR_PREFIXES = (
+    "Top1_Acc_Stream", "Loss_Stream", "AccMatrix_", "MTIL_", "FusedAcc_", "UnimodalAcc_",
+    "ModalityContribution_", "UnimodalForgetting_", "ModalityImbalanceIndex_",
+)
+#: training metrics left out of "Further metrics" (timings: wall time is in the summary table)
+HIDDEN_TRAINING_PREFIXES = ("TrainTime", "TrainThroughput")
+#: summary keys the fixed tables show; any other numeric key is rendered generically
+SUMMARY_KEYS = frozenset({
+    "study", "strategy", "method", "experiences_done", "n_experiences", "complete", "transfer", "avg", "last",
+    "forgetting", "bwt", "fwt", "avg_seen", "avg_incremental", "train_seconds", "eval_seconds", "modalities",
+    "imbalance_index", "contributions", "unimodal_forgetting", "alignment", "extra", "training",
+})
+#: modality names recognised in metric names besides those of the study's per-modality rows
+KNOWN_MODALITIES = ("image", "text", "audio", "video", "depth")
+
+
+def _shown_elsewhere(key: str) -> bool:
+    return key.startswith(SHOWN_SCALAR_PREFIXES) or any(key == k for k, _, _ in ALIGNMENT_COLUMNS)
+
+
+def strategy_summary(state: Mapping[str, Any], *, training: Optional[Mapping[str, float]] = None) -> Dict[str, Any]:
+    """Every summary number of one strategy (accuracies as fractions).
+
+    :param state: the strategy's ``state.json``.
+    :param training: last value of each training-phase metric (from its
+        ``metrics.jsonl``, see :func:`read_metrics`), kept under ``"training"``.
+    """
     from avalanche_mm.metrics.functional.stream import (
         backward_transfer,
         forgetting,
@@ -77,6 +117,7 @@ def strategy_summary(state: Mapping[str, Any]) -> Dict[str, Any]:
         "eval_seconds": float(sum(state.get("eval_seconds") or [])),
     }
     if t == 0:
+        out.update(extra={}, training=dict(training or {}))
         return out
     out["avg_seen"] = _mean(A[t - 1, :t])
     seen_rows = [_mean(A[k, : k + 1]) for k in range(t)]
@@ -109,7 +150,13 @@ def strategy_summary(state: Mapping[str, Any]) -> Dict[str, Any]:
         if k.startswith("UnimodalForgetting_") and k.endswith("_Stream")
     }
     out["alignment"] = {key: _num(scalars.get(key)) for key, _, _ in ALIGNMENT_COLUMNS if key in scalars}
+    out["extra"] = {k: _num(v) for k, v in sorted(scalars.items()) if not _shown_elsewhere(k) and _is_number(v)}
+    out["training"] = dict(training or {})
     return out
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def transfer_curve(state: Mapping[str, Any]) -> List[float]:
@@ -238,18 +285,56 @@ def text_table(table: Sequence[Sequence[str]]) -> str:
 
 
 def md_table(table: Sequence[Sequence[str]]) -> str:
-    """A Markdown table."""
-    head = "| " + " | ".join(table[0]) + " |"
+    """A Markdown table (first column left-aligned, the others right-aligned)."""
+
+    def cell(c: Any) -> str:
+        return str(c).replace("|", "\\|")
+
+    head = "| " + " | ".join(cell(c) for c in table[0]) + " |"
     sep = "|" + "|".join(["---"] + ["---:"] * (len(table[0]) - 1)) + "|"
-    body = ["| " + " | ".join(str(c) for c in r) + " |" for r in table[1:]]
+    body = ["| " + " | ".join(cell(c) for c in r) + " |" for r in table[1:]]
     return "\n".join([head, sep] + body)
 
 
-def html_table(table: Sequence[Sequence[str]]) -> str:
-    """An HTML table."""
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in table[1:])
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _cell(v: float) -> str:
+    return "-" if v is None or not math.isfinite(v) else (f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3f}")
+
+
+def _flat_numbers(summary: Mapping[str, Any]) -> Dict[str, float]:
+    """The summary keys no fixed table shows: numbers, and mappings of numbers as ``key.sub``."""
+    out: Dict[str, float] = {}
+    for key, value in summary.items():
+        if key in SUMMARY_KEYS:
+            continue
+        if _is_number(value):
+            out[key] = float(value)
+        elif isinstance(value, Mapping):
+            out.update({f"{key}.{k}": float(v) for k, v in value.items() if _is_number(v)})
+    return out
+
+
+def extra_metrics_table(summaries: Sequence[Mapping[str, Any]]) -> Optional[List[List[str]]]:
+    """Every other number the strategies produced: one row per metric, one column per strategy.
+
+    Rows: evaluation scalars after the last experience that no fixed table
+    shows (``summary["extra"]``), the last value of each training metric
+    (``summary["training"]``, marked "(training, last)"), then any other
+    numeric summary key. Metric names are code spans (they are the names in
+    ``metrics.jsonl``).
+    """
+    rows: Dict[str, List[str]] = {}
+    sources = [
+        (lambda s: s.get("extra") or {}, "`{}`"),
+        (lambda s: s.get("training") or {}, "`{}` (training, last)"),
+        (_flat_numbers, "`{}`"),
+    ]
+    for get, label in sources:
+        keys = sorted({k for s in summaries for k in get(s)})
+        for k in keys:
+            rows[label.format(k)] = [_cell(_num(get(s).get(k))) for s in summaries]
+    if not rows:
+        return None
+    return _table(["metric"] + [s["strategy"] for s in summaries], [[k] + v for k, v in rows.items()])
 
 
 # ---------------------------------------------------------------------------
@@ -281,8 +366,46 @@ def _save(fig, path: str) -> str:
     return path
 
 
-def plot_study(folder: str, study: str, states: Sequence[Mapping[str, Any]], names: Sequence[str]) -> Dict[str, str]:
-    """Draw the study's plots into ``folder``; returns title -> file name."""
+def modality_families(
+    series: Mapping[str, Mapping[str, Sequence[float]]], modalities: Sequence[str]
+) -> Dict[str, Dict[Tuple[str, str], Sequence[float]]]:
+    """Group per-modality training metrics: family -> {(strategy, modality): values}.
+
+    A metric ``<family>_<modality>[_Epoch|_MB|_Exp|_Stream|_Iter]`` (e.g.
+    ``OGMGE_Ratio_audio_Epoch``) belongs to ``<family>`` (``OGMGE_Ratio``).
+
+    :param series: strategy -> metric name -> values in logging order.
+    :param modalities: the modality names to recognise.
+    """
+    if not modalities:
+        return {}
+    alternatives = "|".join(re.escape(m) for m in sorted(modalities, key=len, reverse=True))
+    pattern = re.compile(rf"^(?P<family>.+?)_(?P<modality>{alternatives})(?:_(?:Epoch|MB|Exp|Stream|Iter))?$")
+    out: Dict[str, Dict[Tuple[str, str], Sequence[float]]] = {}
+    for strategy, metrics in series.items():
+        for name, values in metrics.items():
+            match = pattern.match(name)
+            if match and len(values):
+                out.setdefault(match["family"], {})[(strategy, match["modality"])] = values
+    return dict(sorted(out.items()))
+
+
+def plot_study(
+    folder: str,
+    study: str,
+    states: Sequence[Mapping[str, Any]],
+    names: Sequence[str],
+    *,
+    training_series: Optional[Mapping[str, Mapping[str, Sequence[float]]]] = None,
+    max_panels: int = 6,
+) -> Dict[str, str]:
+    """Draw the study's plots into ``folder``; returns title -> file name.
+
+    :param training_series: strategy -> training metric -> values in logging
+        order (:func:`read_metrics`); its per-modality families
+        (:func:`modality_families`) get the "per-modality training signals" plot.
+    :param max_panels: at most this many families in that plot.
+    """
     plt = _plt()
     out: Dict[str, str] = {}
     done = [s for s in states if s.get("rows")]
@@ -383,6 +506,29 @@ def plot_study(folder: str, study: str, states: Sequence[Mapping[str, Any]], nam
         fig.suptitle(f"{study}: cross-modal alignment drift (probe set)")
         out["Alignment drift over experiences"] = os.path.basename(_save(fig, os.path.join(folder, f"{study}_alignment.png")))
         plt.close(fig)
+
+    # per-modality signals the methods log during training (OGM-GE ratios and coefficients, ...)
+    mods = {m for st in done for u in (st.get("unimodal") or []) for m in u if m != "fused"} | set(KNOWN_MODALITIES)
+    families = modality_families(training_series or {}, sorted(mods))
+    if families:
+        shown = list(families.items())[:max_panels]
+        fig, axes = plt.subplots(1, len(shown), figsize=(3.8 * len(shown), 3.6), squeeze=False)
+        fig.subplots_adjust(wspace=0.3, top=0.8)
+        colours = {st["strategy"]: f"C{i % 10}" for i, st in enumerate(done)}
+        styles = {m: ("-", "--", ":", "-.")[i % 4] for i, m in enumerate(sorted(mods))}
+        for ax, (family, lines) in zip(axes.flat, shown):
+            for (strategy, modality), values in sorted(lines.items()):
+                ax.plot(range(len(values)), values, marker="o" if len(values) <= 30 else None, markersize=3,
+                        color=colours.get(strategy), linestyle=styles[modality], label=f"{strategy}: {modality}")
+            ax.set_title(family, fontsize=9)
+            ax.set_xlabel("logged training step")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.legend(fontsize=6)
+        fig.suptitle(f"{study}: per-modality training signals")
+        out["Per-modality training signals"] = os.path.basename(
+            _save(fig, os.path.join(folder, f"{study}_modality_signals.png"))
+        )
+        plt.close(fig)
     return out
 
 
@@ -458,121 +604,188 @@ def load_results(out: str) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Li
     return cfg, env, states
 
 
-def _combine_metrics(out: str, cfg: Mapping[str, Any]) -> int:
+def read_metrics(out: str, cfg: Mapping[str, Any]) -> Tuple[Dict[Tuple[str, str], Dict[str, List[float]]], int]:
+    """Combine every strategy's ``metrics.jsonl`` into ``OUT/metrics.jsonl`` (with
+    study and strategy fields) and collect their training-phase values.
+
+    :return: ``({(study, strategy): {metric: [values in logging order]}}, number of records)``.
+    """
     lines = []
+    series: Dict[Tuple[str, str], Dict[str, List[float]]] = {}
     for sname, study in cfg["studies"].items():
         for stname in study["strategies"]:
+            mine = series.setdefault((sname, stname), {})
             for rec in read_jsonl(os.path.join(out, sname, stname, "metrics.jsonl")):
                 lines.append(json.dumps({"study": sname, "strategy": stname, **rec}))
+                value = rec.get("value")
+                if rec.get("phase") == "train" and _is_number(value) and rec.get("metric"):
+                    mine.setdefault(rec["metric"], []).append(float(value))
     atomic_write_text(os.path.join(out, "metrics.jsonl"), "\n".join(lines) + ("\n" if lines else ""))
-    return len(lines)
+    return series, len(lines)
+
+
+def _last_training_values(series: Mapping[str, Sequence[float]]) -> Dict[str, float]:
+    return {k: v[-1] for k, v in sorted(series.items()) if v and not k.startswith(HIDDEN_TRAINING_PREFIXES)}
+
+
+def _study_facts(study: Mapping[str, Any], info: Mapping[str, Any], names: Sequence[str]) -> List[str]:
+    """The bullet points under a study's title (Markdown)."""
+    bench, model = study["benchmark"], study["model"]
+    facts = [f"benchmark: `{bench['name']}`" + (f" - {info['description']}" if info.get("description") else "")]
+    arch = model.get("backbone") if model["kind"] == "clip" else model.get("name")
+    params = info.get("parameters")
+    facts.append(f"model: `{model['kind']}` / `{arch}`"
+                 + (f", {params['trainable']:,} trainable of {params['total']:,} parameters" if params else ""))
+    pre = info.get("pretraining")
+    if pre:
+        facts.append(f"backbone pretrained on the reference split ({pre.get('reference_pairs', '?')} pairs, "
+                     f"{pre.get('iterations', '?')} steps, final loss {pre.get('final_loss', NAN):.3f}; "
+                     f"{'loaded from the cache' if pre.get('cached') else 'trained in this run'})")
+    facts.append(f"experiences: {', '.join(names)}")
+    return facts
+
+
+def report_context(out: str, *, plots: Optional[bool] = None) -> Dict[str, Any]:
+    """Everything the report shows, computed once (draws the plots into ``OUT/plots``).
+
+    :return: ``{"name", "description", "studies": [{"key", "title", "facts",
+        "tables": [{"caption", "rows", "console", "note"}], "plots": [{"caption",
+        "file"}], "matrices": [{"strategy", "method", "rows"}]}], "expectations":
+        [{"holds", "text"}], "environment": {...}, "rows": [summaries]}``; a
+        table's ``rows`` start with the header; ``console`` tables are also printed.
+    """
+    cfg, env, states = load_results(out)
+    do_plots = cfg.get("report", {}).get("plots", True) if plots is None else plots
+    series, _ = read_metrics(out, cfg)
+    all_rows: List[Dict[str, Any]] = []
+    studies: List[Dict[str, Any]] = []
+    by_study: Dict[str, Dict[str, Dict[str, Any]]] = {}
+    for sname, study in cfg["studies"].items():
+        sts = states.get(sname, [])
+        info = env.get("studies", {}).get(sname, {})
+        names = info.get("experiences") or [f"exp{i}" for i in range(sts[0]["n_experiences"])] if sts else []
+        summaries = [strategy_summary(st, training=_last_training_values(series.get((sname, st["strategy"]), {})))
+                     for st in sts]
+        all_rows.extend(summaries)
+        by_study[sname] = {s["strategy"]: s for s in summaries}
+        entry: Dict[str, Any] = {"key": sname, "title": study.get("title") or sname,
+                                 "facts": _study_facts(study, info, names), "tables": [], "plots": [], "matrices": []}
+        studies.append(entry)
+        if not summaries:
+            continue
+        tables = entry["tables"]
+        tables.append({"caption": "Summary (accuracies in %)", "console": True, "note": "",
+                       "rows": main_table(summaries, multi_task=info.get("multi_task", True))})
+        for caption, table in (
+            ("Per-modality accuracy (%, final, seen experiences), contributions and imbalance", modality_table(summaries)),
+            ("Cross-modal alignment after the last experience (probe set of reference pairs)", alignment_table(summaries)),
+        ):
+            if table:
+                tables.append({"caption": caption, "console": True, "note": "", "rows": table})
+        extra = extra_metrics_table(summaries)
+        if extra:
+            tables.append({"caption": "Further metrics", "console": False, "rows": extra,
+                           "note": "Every other number the strategies logged: evaluation scalars after the last "
+                                   "experience, and the last value of each training metric (names as in `metrics.jsonl`)."})
+        if do_plots:
+            files = plot_study(os.path.join(out, "plots"), sname, sts, names,
+                               training_series={st["strategy"]: series.get((sname, st["strategy"]), {}) for st in sts})
+            entry["plots"] = [{"caption": caption, "file": fname} for caption, fname in files.items()]
+        entry["matrices"] = [{"strategy": st["strategy"], "method": st["method"], "rows": matrix_table(st, names)}
+                             for st in sts]
+    expectations = (cfg.get("report") or {}).get("expectations") or []
+    checks = check_expectations(expectations, by_study, states, env) if expectations else []
+    run_path = os.path.join(out, "run.json")
+    run = read_json(run_path) if os.path.exists(run_path) else {}
+    versions = env.get("versions", {})
+    return {
+        "name": cfg["name"],
+        "description": cfg.get("description") or "",
+        "html": cfg.get("report", {}).get("html", True),
+        "studies": studies,
+        "expectations": [{"holds": ok, "text": text} for ok, text in checks],
+        "environment": {
+            "device": env.get("device"), "threads": env.get("torch_threads"), "seed": env.get("seed"),
+            "versions": ", ".join(f"{k} {v}" for k, v in versions.items() if v),
+            "wall_seconds": run.get("seconds"),
+        },
+        "rows": all_rows,
+    }
+
+
+def _templates():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")),
+        autoescape=False,  # Markdown; report.html escapes through the Markdown conversion and `| e`
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["md_table"] = md_table
+    return env
+
+
+def render_markdown(context: Mapping[str, Any], *, summary: bool = False) -> str:
+    """``report.md`` (or, with ``summary``, ``summary.md``: the console tables and
+    the expectations only) from :func:`report_context`'s result."""
+    return _templates().get_template("report.md.j2").render(**context, summary=summary)
+
+
+def render_html(markdown_text: str, *, title: str) -> str:
+    """``report.html``: the report's Markdown converted to HTML (tables, code spans,
+    images) in a standalone page."""
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables", "sane_lists"], output_format="html")
+    return _templates().get_template("report.html.j2").render(title=title, body=body)
+
+
+def render_text(context: Mapping[str, Any]) -> str:
+    """The console text: each study's console tables and the expectations."""
+    parts: List[str] = []
+    for study in context["studies"]:
+        if not study["tables"]:
+            continue
+        parts.append(f"== {study['title']} ==")
+        for table in study["tables"]:
+            if table["console"]:
+                parts += [table["caption"], text_table(table["rows"]), ""]
+    if context["expectations"]:
+        lines = [f"[{'yes' if e['holds'] else 'NO '}] {e['text']}" for e in context["expectations"]]
+        parts += ["Expected phenomena", "\n".join(lines), ""]
+    return "\n".join(parts)
 
 
 def build_report(out: str, *, log: Callable = print, plots: Optional[bool] = None) -> Dict[str, Any]:
     """Write ``summary.*``, ``report.md``, ``report.html``, ``plots/`` and the combined
     ``metrics.jsonl`` of a results folder, and print the summary tables.
 
-    :return: ``{"rows": [summaries], "tables": printed text, "report": path}``.
+    :param out: the results folder.
+    :param log: where the console text goes.
+    :param plots: draw the plots (default: the config's ``report.plots``).
+    :return: ``{"rows": [summaries], "tables": printed text, "report": path,
+        "expectations": [{"holds", "text"}]}``.
     """
-    cfg, env, states = load_results(out)
-    do_plots = cfg.get("report", {}).get("plots", True) if plots is None else plots
-    plot_dir = os.path.join(out, "plots")
-    all_rows: List[Dict[str, Any]] = []
-    text_parts: List[str] = []
-    md: List[str] = [f"# {cfg['name']}", ""]
-    if cfg.get("description"):
-        md += [cfg["description"], ""]
-    htm: List[str] = []
-    summary_md: List[str] = [f"# {cfg['name']}: summary"]
-    by_study: Dict[str, Dict[str, Dict[str, Any]]] = {}
-    for sname, study in cfg["studies"].items():
-        sts = states.get(sname, [])
-        info = env.get("studies", {}).get(sname, {})
-        names = info.get("experiences") or [f"exp{i}" for i in range(sts[0]["n_experiences"])] if sts else []
-        summaries = [strategy_summary(st) for st in sts]
-        all_rows.extend(summaries)
-        by_study[sname] = {s["strategy"]: s for s in summaries}
-        title = study.get("title") or sname
-        md += [f"## {title}", ""]
-        md += [f"- benchmark: `{study['benchmark']['name']}`" + (f" - {info['description']}" if info.get("description") else "")]
-        md += [f"- model: `{study['model']['kind']}` / `{study['model'].get('backbone') if study['model']['kind'] == 'clip' else study['model'].get('name')}`"
-               + (f", {info['parameters']['trainable']:,} trainable of {info['parameters']['total']:,} parameters" if info.get("parameters") else "")]
-        pre = info.get("pretraining")
-        if pre:
-            md += [f"- backbone pretrained on the reference split ({pre.get('reference_pairs', '?')} pairs, "
-                   f"{pre.get('iterations', '?')} steps, final loss {pre.get('final_loss', float('nan')):.3f}; "
-                   f"{'loaded from the cache' if pre.get('cached') else 'trained in this run'})"]
-        md += [f"- experiences: {', '.join(names)}", ""]
-        if not summaries:
-            md += ["_no strategy has run yet_", ""]
-            continue
-        tables = [("Summary (accuracies in %)", main_table(summaries, multi_task=info.get("multi_task", True)))]
-        mt = modality_table(summaries)
-        if mt:
-            tables.append(("Per-modality accuracy (%, final, seen experiences), contributions and imbalance", mt))
-        at = alignment_table(summaries)
-        if at:
-            tables.append(("Cross-modal alignment after the last experience (probe set of reference pairs)", at))
-        text_parts.append(f"== {title} ==")
-        htm.append(f"<h2>{html.escape(title)}</h2>")
-        htm.append("<ul>" + "".join(f"<li>{html.escape(line[2:])}</li>" for line in md[md.index(f"## {title}") + 2 :] if line.startswith("- ")) + "</ul>")
-        summary_md.append(f"## {title}")
-        for caption, table in tables:
-            text_parts += [caption, text_table(table), ""]
-            md += [f"### {caption}", "", md_table(table), ""]
-            summary_md += [f"### {caption}", md_table(table)]
-            htm += [f"<h3>{html.escape(caption)}</h3>", html_table(table)]
-        if do_plots:
-            files = plot_study(plot_dir, sname, sts, names)
-            for caption, fname in files.items():
-                md += [f"### {caption}", "", f"![{caption}](plots/{fname})", ""]
-                htm += [f"<h3>{html.escape(caption)}</h3>", f'<img src="plots/{html.escape(fname)}" alt="{html.escape(caption)}">']
-        md += ["### Accuracy matrices (%)", ""]
-        htm.append("<h3>Accuracy matrices (%)</h3>")
-        for st in sts:
-            mt_ = matrix_table(st, names)
-            md += [f"**{st['strategy']}** ({st['method']})", "", md_table(mt_), ""]
-            htm += [f"<h4>{html.escape(st['strategy'])} ({html.escape(st['method'])})</h4>", html_table(mt_)]
-    # expected phenomena
-    expectations = (cfg.get("report") or {}).get("expectations") or []
-    checks = check_expectations(expectations, by_study, states, env) if expectations else []
-    if checks:
-        lines = [f"[{'yes' if ok else 'NO '}] {text}" for ok, text in checks]
-        text_parts += ["Expected phenomena", "\n".join(lines), ""]
-        md += ["## Expected phenomena", ""] + [f"- {'yes' if ok else '**no**'}: {text}" for ok, text in checks] + [""]
-        summary_md += ["## Expected phenomena", "\n".join(f"- {'yes' if ok else 'no'}: {t}" for ok, t in checks)]
-        htm += ["<h2>Expected phenomena</h2><ul>"] + [f"<li>{'yes' if ok else '<b>no</b>'}: {html.escape(t)}</li>" for ok, t in checks] + ["</ul>"]
-    # environment
-    versions = env.get("versions", {})
-    md += ["## Environment", "", f"- device: {env.get('device')}, threads: {env.get('torch_threads')}, seed: {env.get('seed')}",
-           "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v), ""]
-    run = read_json(os.path.join(out, "run.json")) if os.path.exists(os.path.join(out, "run.json")) else {}
-    if run.get("seconds") is not None:
-        md += [f"- wall time of the last `run` call: {run['seconds']:.0f}s", ""]
-    atomic_write_text(os.path.join(out, "report.md"), "\n".join(md))
-    if cfg.get("report", {}).get("html", True):
-        style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;}table{border-collapse:collapse;margin:1em 0;}"
-                 "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;}td:first-child,th:first-child{text-align:left;}"
-                 "img{max-width:100%;}")
-        body = [f"<h1>{html.escape(cfg['name'])}</h1>", f"<p>{html.escape(cfg.get('description') or '')}</p>"] + htm
-        body += ["<h2>Environment</h2>", f"<p>device {html.escape(str(env.get('device')))}; "
-                 + html.escape(", ".join(f"{k} {v}" for k, v in versions.items() if v)) + "</p>"]
-        atomic_write_text(os.path.join(out, "report.html"),
-                          f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(cfg['name'])}</title>"
-                          f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
-    # summary files
+    context = report_context(out, plots=plots)
+    report_md = render_markdown(context)
+    atomic_write_text(os.path.join(out, "report.md"), report_md)
+    if context["html"]:
+        atomic_write_text(os.path.join(out, "report.html"), render_html(report_md, title=context["name"]))
+    all_rows = context["rows"]
     flat_keys = ["study", "strategy", "method", "complete", "experiences_done", "n_experiences", "transfer", "avg", "last",
                  "avg_seen", "avg_incremental", "forgetting", "bwt", "fwt", "imbalance_index", "train_seconds", "eval_seconds"]
     atomic_write_json(os.path.join(out, "summary.json"), {"rows": all_rows})
     atomic_write_csv(os.path.join(out, "summary.csv"), [[r.get(k) for k in flat_keys] for r in all_rows], header=flat_keys)
-    text = "\n".join(text_parts)
-    atomic_write_text(os.path.join(out, "summary.md"), "\n\n".join(summary_md) + "\n")
-    _combine_metrics(out, cfg)
+    atomic_write_text(os.path.join(out, "summary.md"), render_markdown(context, summary=True))
+    text = render_text(context)
     if text:
         log(text)
     log(f"report: {os.path.join(out, 'report.md')} (and report.html, plots/, summary.csv)")
     return {"rows": all_rows, "tables": text, "report": os.path.join(out, "report.md"),
-            "expectations": [{"holds": ok, "text": t} for ok, t in checks]}
+            "expectations": list(context["expectations"])}
 
 
 __all__ = [
@@ -586,9 +799,15 @@ __all__ = [
     "matrix_table",
     "text_table",
     "md_table",
-    "html_table",
+    "extra_metrics_table",
+    "modality_families",
     "plot_study",
     "check_expectations",
     "load_results",
+    "read_metrics",
+    "report_context",
+    "render_markdown",
+    "render_html",
+    "render_text",
     "build_report",
 ]

@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
-from avalanche.core import SupervisedPlugin
 
 from .config import (
     ConfigError,
@@ -48,15 +47,12 @@ from .config import (
     strategy_training,
 )
 from .io import atomic_write_csv, atomic_write_json, atomic_write_text, read_json, truncate_file
-from .methods import METHODS, BuildContext
+from avalanche_mm.benchmarks.bundle import BenchmarkBundle, build_bundle
+from avalanche_mm.models.build import build_clip_backbone, build_fusion_model, clip_classifier
+from avalanche_mm.strategies.registry import METHODS, PLUGINS, BuildContext, PluginContext
+
+from .check import StudyCheck, metric_groups, preflight
 from .progress import MetricCollector, ProgressBarPlugin, close_loggers, make_loggers
-from .registry import (
-    BenchmarkBundle,
-    build_benchmark,
-    build_clip_backbone,
-    build_fusion_model,
-    clip_classifier,
-)
 from .state import (
     derive_seed,
     load_checkpoint,
@@ -69,8 +65,6 @@ from .state import (
 
 #: the append-only files of a strategy folder whose committed length is tracked
 APPEND_ONLY = ("metrics.jsonl", "metrics.csv", "log.txt")
-#: set to "study/strategy/experience/iteration" to hang there (tests of resume)
-DEBUG_HANG_ENV = "AVALANCHE_MM_DEBUG_HANG"
 
 
 @dataclass
@@ -150,8 +144,31 @@ def _probe_set(backbone, bundle: BenchmarkBundle, size: int):
     return ProbeSet(images, texts)
 
 
-def prepare_study(config: Mapping[str, Any], name: str, *, device: torch.device, log: Callable = print, progress: bool = True) -> PreparedStudy:
-    """Build a study's benchmark and initial model (pretraining and caching when asked)."""
+def _model_or_config_error(study: str, build: Callable, *args, **kwargs):
+    """``build(...)``, with a ``model.freeze`` that matches no parameter reported as a config error."""
+    try:
+        return build(*args, **kwargs)
+    except KeyError as err:
+        msg = err.args[0] if err.args else ""
+        if isinstance(msg, str) and msg.startswith("model.freeze"):
+            raise ConfigError([f"studies.{study}.{msg}"]) from err
+        raise
+
+
+def prepare_study(
+    config: Mapping[str, Any],
+    name: str,
+    *,
+    device: torch.device,
+    log: Callable = print,
+    progress: bool = True,
+    checked: Optional[StudyCheck] = None,
+) -> PreparedStudy:
+    """Build a study's benchmark and initial model (pretraining and caching when asked).
+
+    :param checked: the study's :func:`~avalanche_mm.experiments.check.preflight`
+        result; the benchmark and backbone it built are used instead of building them again.
+    """
     from .pretrain import pretrain_backbone, pretrain_key
 
     study = config["studies"][name]
@@ -159,16 +176,24 @@ def prepare_study(config: Mapping[str, Any], name: str, *, device: torch.device,
     bench_cfg = study["benchmark"]
     model_cfg = study["model"]
     kind = model_cfg["kind"]
-    backbone = None
+    backbone = checked.backbone if checked is not None else None
     inject: Dict[str, Any] = {}
     if kind == "clip":
         # built first: real-data benchmarks take the backbone's image preprocessing
-        backbone = build_clip_backbone(model_cfg, seed=derive_seed(seed, name, "init"))
+        if backbone is None:
+            backbone = build_clip_backbone(model_cfg, seed=derive_seed(seed, name, "init"))
         inject = {"image_transform": backbone.preprocess_eval, "image_size": backbone.image_size}
-    try:
-        bundle = build_benchmark(bench_cfg, seed=seed, inject=inject)
-    except FileNotFoundError as err:
-        raise ConfigError([f"studies.{name}.benchmark: the data is not where the config says: {err}"]) from err
+    bundle = checked.bundle if checked is not None else None
+    if bundle is None:
+        try:
+            bundle = build_bundle(bench_cfg, seed=seed, inject=inject)
+        except FileNotFoundError as err:
+            raise ConfigError([f"studies.{name}.benchmark: the data is not where the config says: {err}"]) from err
+        except (ValueError, TypeError, KeyError, IndexError) as err:
+            msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+            raise ConfigError(
+                [f"studies.{name}.benchmark.params: benchmark {bench_cfg['name']!r} cannot be built with these parameters: {msg}"]
+            ) from err
     labels = [int(list(getattr(e, "task_labels", [0]))[0]) for e in bundle.scenario.test_stream]
     info: Dict[str, Any] = {
         "benchmark": bundle.name,
@@ -196,14 +221,14 @@ def prepare_study(config: Mapping[str, Any], name: str, *, device: torch.device,
             backbone, pinfo = pretrain_backbone(backbone, bundle.reference, model_cfg["pretrain"], seed=seed, key=key, progress=progress, log=log)
             info["pretraining"] = pinfo
         backbone.eval()
-        model = clip_classifier(backbone, bundle, model_cfg)
+        model = _model_or_config_error(name, clip_classifier, backbone, bundle, model_cfg)
         if study["evaluation"]["alignment"]:
             if bundle.reference is not None and bundle.reference.paired:
                 probe = _probe_set(backbone, bundle, study["evaluation"]["probe_size"])
             else:
                 log(f"  studies.{name}.evaluation.alignment: the benchmark has no paired reference captions; alignment metrics are skipped")
     else:
-        model = build_fusion_model(model_cfg, bundle, seed=derive_seed(seed, name, "init"))
+        model = _model_or_config_error(name, build_fusion_model, model_cfg, bundle, seed=derive_seed(seed, name, "init"))
     model.to(device)
     n_total = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -214,71 +239,44 @@ def prepare_study(config: Mapping[str, Any], name: str, *, device: torch.device,
 # ---------------------------------------------------------------------------
 # running one strategy
 # ---------------------------------------------------------------------------
-class DebugHangPlugin(SupervisedPlugin):
-    """Hangs at a given training iteration, after writing a marker file.
-
-    Enabled by ``AVALANCHE_MM_DEBUG_HANG=study/strategy/experience/iteration``;
-    the resume tests use it to kill a run (SIGKILL) in the middle of an experience.
-    """
-
-    stateless = True
-
-    def __init__(self, marker: str, exp: int, iteration: int):
-        super().__init__()
-        self.marker, self.exp, self.iteration, self.count = marker, exp, iteration, 0
-
-    def before_training_exp(self, strategy, **kwargs):
-        self.count = 0
-
-    def before_training_iteration(self, strategy, **kwargs):
-        if strategy.experience.current_experience == self.exp and self.count == self.iteration:
-            with open(self.marker, "w") as fh:
-                fh.write(str(os.getpid()))
-            while True:  # wait to be killed
-                time.sleep(1)
-        self.count += 1
-
-
-def _debug_plugins(out: str, study: str, strategy: str) -> List[Any]:
-    spec = os.environ.get(DEBUG_HANG_ENV)
-    if not spec:
-        return []
-    parts = spec.split("/")
-    if len(parts) != 4:
-        raise ValueError(f"{DEBUG_HANG_ENV}={spec!r}: expected study/strategy/experience/iteration")
-    if parts[0] != study or parts[1] != strategy:
-        return []
-    return [DebugHangPlugin(os.path.join(out, ".debug-hang"), int(parts[2]), int(parts[3]))]
-
-
 def _metrics_for(prepared: PreparedStudy, model) -> List[Any]:
-    from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
+    """The study's metrics: the core groups, then the groups its ``evaluation`` selects
+    (:data:`avalanche_mm.metrics.registry.METRICS`)."""
+    from avalanche_mm.metrics.registry import METRICS, MetricContext
 
-    from avalanche_mm.metrics import AccuracyMatrix, CrossModalAlignment, TrainingTime, modality_imbalance_metrics
+    ctx = MetricContext(
+        kind=prepared.kind,
+        model=model,
+        initial_model=prepared.initial_model,
+        modalities=tuple(prepared.bundle.modalities or ()),
+        probe=prepared.probe,
+    )
+    groups = [(e.name, {}) for e in METRICS.entries() if e.obj.core]
+    groups.sort(key=lambda g: _CORE_ORDER.index(g[0]) if g[0] in _CORE_ORDER else len(_CORE_ORDER))
+    groups += list(metric_groups(prepared.cfg["evaluation"]).items())
+    out: List[Any] = []
+    for name, params in groups:
+        spec = METRICS[name]
+        if prepared.kind not in spec.model_kinds:
+            continue
+        out.extend(spec.factory(ctx, **params))
+    return out
 
-    from .metrics import DriftFromInitial
 
-    ev = prepared.cfg["evaluation"]
-    out: List[Any] = [
-        accuracy_metrics(experience=True, stream=True),
-        loss_metrics(epoch=True, stream=True),
-        AccuracyMatrix(stream_name="test"),
-        TrainingTime(),
-    ]
-    if ev["per_modality"]:
-        has_uni = hasattr(model, "last_unimodal_logits")
-        out.extend(modality_imbalance_metrics(ogm_ge=has_uni))
-    if ev["alignment"] and prepared.probe is not None:
-        from avalanche_mm.strategies.finetune import find_backbone, logit_scale_of
+#: the order of the core metric groups (as before the registry: accuracy first)
+_CORE_ORDER = ("accuracy", "loss", "accuracy-matrix", "training-time")
 
-        with torch.no_grad():  # the KL terms use the model's own temperature
-            scale = float(logit_scale_of(find_backbone(prepared.initial_model)))
-        out.append(CrossModalAlignment(prepared.probe, ks=(1, 5), logit_scale=scale))
-        out.append(DriftFromInitial(prepared.probe, logit_scale=scale))
-    flat: List[Any] = []
-    for m in out:
-        flat.extend(m if isinstance(m, (list, tuple)) else [m])
-    return flat
+
+def _extra_plugins(config: Mapping[str, Any], extra: Sequence[Any], ctx: PluginContext) -> List[Any]:
+    """The plugins a config's ``plugins`` names (:data:`~avalanche_mm.strategies.registry.PLUGINS`)
+    and those given to :func:`run_experiment` (factories ``ctx -> plugin`` or names)."""
+    out = []
+    for item in list(config.get("plugins") or []) + list(extra or []):
+        factory = PLUGINS[item] if isinstance(item, str) else item
+        plugin = factory(ctx)
+        if plugin is not None:
+            out.append(plugin)
+    return out
 
 
 def _parse_eval(values: Mapping[str, Any], n_exp: int):
@@ -325,8 +323,12 @@ def run_strategy(
     out: str,
     device: torch.device,
     log: Callable = print,
+    extra_plugins: Sequence[Any] = (),
 ) -> Dict[str, Any]:
     """Train and evaluate one strategy of a study, resuming from its state file.
+
+    :param extra_plugins: plugin factories ``(PluginContext) -> plugin`` (or names
+        in :data:`~avalanche_mm.strategies.registry.PLUGINS`) added to the strategy.
 
     :return: the final state (see :func:`~avalanche_mm.experiments.state.new_state`).
     """
@@ -379,7 +381,7 @@ def run_strategy(
     )
     evaluator = EvaluationPlugin(*_metrics_for(prepared, model), loggers=[results_logger, collector] + loggers)
     plugins = [ProgressBarPlugin(label=f"{study_name}/{strategy_name}", enabled=config["progress_bar"])]
-    plugins += _debug_plugins(out, study_name, strategy_name)
+    plugins += _extra_plugins(config, extra_plugins, PluginContext(study=study_name, strategy=strategy_name, output=out, folder=folder))
     ctx = BuildContext(model=model, kind=prepared.kind, training=training, device=device, evaluator=evaluator, plugins=plugins, bundle=prepared.bundle, seed=seed)
     strategy = spec.build(ctx, {k: v for k, v in entry.items() if k not in ("method", "training")})
     workers = training["num_workers"]
@@ -474,6 +476,7 @@ def run_experiment(
     fresh: bool = False,
     log: Callable = print,
     report: bool = True,
+    extra_plugins: Sequence[Any] = (),
 ) -> Dict[str, Any]:
     """Run a whole study from a config and write its results folder.
 
@@ -486,6 +489,9 @@ def run_experiment(
     :param fresh: delete an existing results folder first (instead of resuming).
     :param log: where progress lines and tables are printed.
     :param report: write the summary, plots and report at the end.
+    :param extra_plugins: plugin factories ``(PluginContext) -> plugin or None`` (or
+        names in :data:`~avalanche_mm.strategies.registry.PLUGINS`) added to every
+        strategy, besides the config's ``plugins``.
     :return: the summary: ``{"output": ..., "rows": [per (study, strategy) summary], "tables": text}``.
     """
     from .report import build_report
@@ -497,6 +503,11 @@ def run_experiment(
     out = os.path.abspath(output_dir or cfg["output"] or os.path.join("results", cfg["name"]))
     device = resolve_device(cfg["device"])
     selected = _select(cfg, only)
+    # everything `avalanche-mm check` validates, before any output is written
+    checks = preflight(cfg, studies=sorted({s for s, _ in selected}), source=None if isinstance(config, Mapping) else config)
+    checks.raise_problems()
+    for note in checks.notes:
+        log(f"note: {note}")
     _prepare_output(out, fresh)
     atomic_write_text(os.path.join(out, "config.yaml"), dump_yaml(cfg))
     env = environment(cfg, device)
@@ -509,7 +520,7 @@ def run_experiment(
         if not any(s == sname for s, _ in selected):
             continue
         log(f"preparing study {sname!r} ...")
-        prepared[sname] = prepare_study(cfg, sname, device=device, log=log, progress=cfg["progress_bar"])
+        prepared[sname] = prepare_study(cfg, sname, device=device, log=log, progress=cfg["progress_bar"], checked=checks.studies.get(sname))
     previous = read_json(os.path.join(out, "environment.json")) if os.path.exists(os.path.join(out, "environment.json")) else {}
     studies_info = {k: v for k, v in (previous.get("studies") or {}).items() if k in cfg["studies"]}
     studies_info.update({k: v.info for k, v in prepared.items()})  # --only keeps the other studies' info
@@ -517,7 +528,7 @@ def run_experiment(
     atomic_write_json(os.path.join(out, "environment.json"), env)
     for sname, stname in selected:
         log(f"[{sname}] {stname} ({cfg['studies'][sname]['strategies'][stname]['method']})")
-        run_strategy(cfg, prepared[sname], stname, out=out, device=device, log=log)
+        run_strategy(cfg, prepared[sname], stname, out=out, device=device, log=log, extra_plugins=extra_plugins)
     run_info.update({"status": "finished", "seconds": time.time() - start, "finished": datetime.datetime.now().isoformat(timespec="seconds")})
     atomic_write_json(os.path.join(out, "run.json"), run_info)
     summary: Dict[str, Any] = {"output": out}
@@ -541,4 +552,4 @@ def _select(cfg: Mapping[str, Any], only: Optional[Sequence[str]]):
     return [p for p in pairs if p in chosen]
 
 
-__all__ = ["run_experiment", "run_strategy", "prepare_study", "PreparedStudy", "resolve_device", "environment", "DEBUG_HANG_ENV"]
+__all__ = ["run_experiment", "run_strategy", "prepare_study", "PreparedStudy", "resolve_device", "environment"]

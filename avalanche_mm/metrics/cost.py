@@ -4,7 +4,7 @@ throughput and peak memory."""
 import resource
 import sys
 import time
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -33,11 +33,26 @@ class ParameterCount(PluginMetric[Dict[str, float]]):
       (parameters a method has had to update along the stream).
 
     Cost: negligible (walks the parameter list twice per experience).
+
+    :param counter: optional ``model -> (trainable, total)`` replacing the
+        ``requires_grad`` count, for methods whose trainable share is finer
+        than a parameter tensor (e.g. one task's row of a stacked router
+        tensor in MoE-Adapters, plus modules kept outside the model).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, counter: Optional[Callable[[torch.nn.Module], Tuple[int, int]]] = None) -> None:
         super().__init__()
+        if counter is not None and not callable(counter):
+            raise TypeError(f"ParameterCount: counter must be callable or None, got {type(counter).__name__}.")
+        self.counter = counter
         self.reset()
+
+    def _count(self, strategy) -> Tuple[int, int]:
+        model = unwrap_model(strategy.model)
+        if self.counter is not None:
+            trainable, total = self.counter(model)
+            return int(trainable), int(total)
+        return count_parameters(model)
 
     def reset(self) -> None:
         self.trainable: List[int] = []
@@ -56,11 +71,20 @@ class ParameterCount(PluginMetric[Dict[str, float]]):
             "trainable_cumulative": float(sum(self.trainable)),
         }
 
+    def state_dict(self) -> Dict[str, List[int]]:
+        """The counts so far (the ``counter`` callable is not state)."""
+        return {"trainable": list(self.trainable), "total": list(self.total)}
+
+    def load_state_dict(self, state: Dict[str, List[int]]) -> None:
+        self.trainable = [int(v) for v in state.get("trainable", [])]
+        self.total = [int(v) for v in state.get("total", [])]
+        self._pending_trainable = None
+
     def before_training_exp(self, strategy: "SupervisedTemplate") -> None:
-        self._pending_trainable = count_parameters(unwrap_model(strategy.model))[0]
+        self._pending_trainable = self._count(strategy)[0]
 
     def after_training_exp(self, strategy: "SupervisedTemplate") -> List[MetricValue]:
-        trainable_end, total = count_parameters(unwrap_model(strategy.model))
+        trainable_end, total = self._count(strategy)
         trainable = self._pending_trainable if self._pending_trainable is not None else trainable_end
         self._pending_trainable = None
         self.trainable.append(int(trainable))

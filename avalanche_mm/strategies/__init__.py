@@ -15,6 +15,7 @@ from .zeroshot import ZeroShot, ZeroShotPlugin  # noqa: E402
 from .clip_lwf import CLIPLwF, CLIPLwFPlugin  # noqa: E402
 from .wiseft import WiSEFT, WiSEFTPlugin  # noqa: E402
 from .zscl import ZSCL, ZSCLPlugin  # noqa: E402
+from .er import ER  # noqa: E402
 from .icarl_clip import ICaRLCLIP, ICaRLCLIPPlugin  # noqa: E402
 from .lwf_vr import LwFVR, LwFVRPlugin  # noqa: E402
 
@@ -29,8 +30,14 @@ __all__ += [
     "WiSEFTPlugin",
     "ZSCL",
     "ZSCLPlugin",
+    "ER",
     "ICaRLCLIP",
     "ICaRLCLIPPlugin",
     "LwFVR",
     "LwFVRPlugin",
 ]
+
+# architecture family (issue 12)
+from .moe_adapters import DDASRouting, MoEAdapters, MoEAdaptersPlugin  # noqa: E402
+
+__all__ += ["MoEAdapters", "MoEAdaptersPlugin", "DDASRouting"]

@@ -267,3 +267,44 @@ class CLIPLwF(FineTune):
 
 
 __all__ = ["CLIPLwFPlugin", "CLIPLwF", "task_prompts", "LWF_MODES"]
+
+
+# ---------------------------------------------------------------------------
+# registration (config name "lwf"; parameters from CLIPLwF's signature)
+# ---------------------------------------------------------------------------
+from avalanche_mm.strategies.registry import BuildContext, register_method  # noqa: E402
+
+
+@register_method(
+    "lwf",
+    summary="Learning without Forgetting (CLIP: ZSCL's LwF baseline, distillation of the task-start model on a separate batch)",
+    params_from=CLIPLwF,
+    family="regularization",
+    reference="Li & Hoiem, TPAMI 2017",
+)
+def _build_lwf(ctx: BuildContext, p: dict):
+    if ctx.kind == "clip":
+        return CLIPLwF(
+            model=ctx.model,
+            optimizer=ctx.optimizer(),
+            alpha=p["alpha"],
+            temperature=p["temperature"],
+            both_directions=p["both_directions"],
+            mode=p["mode"],
+            ref_batch_size=p["ref_batch_size"],
+            seed=ctx.seed,
+            plugins=list(ctx.plugins),
+            **ctx.schedule_kwargs(),
+            **ctx.base_kwargs(),
+        )
+    from avalanche_mm.strategies.twins import LwF
+
+    return LwF(
+        model=ctx.model,
+        optimizer=ctx.optimizer(),
+        criterion=ctx.criterion(),
+        alpha=p["alpha"],
+        temperature=p["temperature"],
+        plugins=[ctx.schedule_plugin()] + list(ctx.plugins),
+        **ctx.base_kwargs(),
+    )

@@ -438,3 +438,26 @@ __all__ = [
     "make_clip_optimizer",
     "FineTune",
 ]
+
+
+# ---------------------------------------------------------------------------
+# registration (config name "finetune"; no parameters besides the training recipe)
+# ---------------------------------------------------------------------------
+from avalanche_mm.strategies.registry import BuildContext, register_method  # noqa: E402
+
+
+@register_method(
+    "finetune",
+    summary="continual fine-tuning (Naive) with the MTIL recipe",
+    params_from=FineTune,
+    family="baseline",
+    reference="baseline",
+)
+def _build_finetune(ctx: BuildContext, p: dict):
+    return FineTune(
+        model=ctx.model,
+        optimizer=ctx.optimizer(),
+        plugins=list(ctx.plugins),
+        **ctx.schedule_kwargs(),
+        **ctx.base_kwargs(),
+    )

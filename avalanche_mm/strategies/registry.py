@@ -48,6 +48,25 @@ TEMPLATE_ARGS = (
 MODEL_KINDS = ("clip", "fusion")
 
 
+def accepted_arguments(cls: Any) -> set:
+    """The keyword arguments ``cls(...)`` accepts: its ``__init__``'s, and, while an
+    ``__init__`` forwards ``**kwargs``, those of the next class up the MRO."""
+    names: set = set()
+    for klass in getattr(cls, "__mro__", (cls,)):
+        init = klass.__dict__.get("__init__") if isinstance(klass, type) else getattr(klass, "__init__", None)
+        if init is None or init is object.__init__:
+            continue
+        try:
+            params = inspect.signature(init).parameters
+        except (TypeError, ValueError):
+            break
+        names |= {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            break
+    names.discard("self")
+    return names
+
+
 @dataclass
 class BuildContext:
     """Everything a method builder needs.
@@ -114,7 +133,7 @@ class BuildContext:
         """Template + recipe arguments that ``strategy_cls`` accepts: model, optimizer,
         plugins, batch sizes, device, evaluator, and (when accepted) the iteration
         schedule and the criterion."""
-        accepted = set(inspect.signature(strategy_cls.__init__).parameters)
+        accepted = accepted_arguments(strategy_cls)
         kw: Dict[str, Any] = {"model": self.model, "optimizer": self.optimizer(), "plugins": list(self.plugins)}
         kw.update(self.base_kwargs())
         sched = self.schedule_kwargs()
@@ -212,8 +231,25 @@ class MethodSpec:
         return out
 
 
-#: every method a config can name (entry-point group ``avalanche_mm.methods``)
-METHODS: Registry = Registry("method")
+class _MethodRegistry(Registry):
+    """:class:`Registry` that also imports every module of ``avalanche_mm.strategies``
+    on first access: a method added as one new file there registers itself."""
+
+    def load_entry_points(self) -> List[str]:
+        import importlib
+        import pkgutil
+
+        import avalanche_mm.strategies as package
+
+        for info in pkgutil.iter_modules(package.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{package.__name__}.{info.name}")
+        return super().load_entry_points()
+
+
+#: every method a config can name (the modules of ``avalanche_mm.strategies`` and
+#: the entry-point group ``avalanche_mm.methods``)
+METHODS: Registry = _MethodRegistry("method")
 
 
 def register_method(
@@ -283,6 +319,43 @@ def register_method(
     return deco
 
 
+#: extra plugins a config can add to every strategy (``plugins: [name, ...]``): name ->
+#: ``factory(ctx: PluginContext) -> SupervisedPlugin or None``; other distributions
+#: (and tests) add theirs through the entry-point group ``avalanche_mm.plugins``
+PLUGINS: Registry = Registry("plugin")
+
+
+@dataclass
+class PluginContext:
+    """What a plugin factory of :data:`PLUGINS` sees.
+
+    :ivar study: the study name.
+    :ivar strategy: the strategy's display name.
+    :ivar output: the run's results folder.
+    :ivar folder: the strategy's results folder.
+    """
+
+    study: str
+    strategy: str
+    output: str
+    folder: str
+
+
+def register_plugin(name: str, *, summary: str = ""):
+    """Decorator registering ``factory(ctx: PluginContext) -> plugin or None`` as ``name``.
+
+    :param name: the name a config's ``plugins`` list uses.
+    :param summary: one line.
+    """
+
+    def deco(factory):
+        doc = (factory.__doc__ or "").strip().splitlines()
+        PLUGINS.register(name, factory, source=factory.__module__, summary=summary or (doc[0] if doc else name))
+        return factory
+
+    return deco
+
+
 def list_methods() -> Dict[str, str]:
     """Method name -> one-line summary."""
     return {name: spec.summary for name, spec in METHODS.items()}
@@ -297,4 +370,8 @@ __all__ = [
     "TEMPLATE_ARGS",
     "register_method",
     "list_methods",
+    "accepted_arguments",
+    "PLUGINS",
+    "PluginContext",
+    "register_plugin",
 ]

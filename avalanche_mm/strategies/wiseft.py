@@ -100,9 +100,45 @@ class WiSEFT(FineTune):
     :param base_kwargs: the arguments of :class:`~avalanche_mm.strategies.FineTune`.
     """
 
-    def __init__(self, *, alpha: float = 0.8, reference: str = "task_start", plugins: Optional[List] = None, **base_kwargs):
+    def __init__(
+        self,
+        *,
+        alpha: Annotated[float, Range(ge=0.0, le=1.0)] = 0.8,
+        reference: Literal["task_start", "initial"] = "task_start",
+        plugins: Optional[List] = None,
+        **base_kwargs,
+    ):
         self.wiseft_plugin = WiSEFTPlugin(alpha=alpha, reference=reference)
         super().__init__(plugins=list(plugins or []) + [self.wiseft_plugin], **base_kwargs)
 
 
 __all__ = ["interpolate_weights", "WiSEFTPlugin", "WiSEFT"]
+
+
+# ---------------------------------------------------------------------------
+# registration (config name "wiseft"; parameters from WiSEFT's signature)
+# ---------------------------------------------------------------------------
+from typing import Annotated, Literal  # noqa: E402  (used by the annotations above)
+
+from avalanche_mm.registry import Range  # noqa: E402
+from avalanche_mm.strategies.registry import BuildContext, register_method  # noqa: E402
+
+
+@register_method(
+    "wiseft",
+    summary="fine-tuning + WiSE-FT weight interpolation after each task",
+    params_from=WiSEFT,
+    model_kinds=("clip", "fusion"),
+    family="architecture",
+    reference="Wortsman et al., CVPR 2022",
+)
+def _build_wiseft(ctx: BuildContext, p: dict):
+    return WiSEFT(
+        model=ctx.model,
+        optimizer=ctx.optimizer(),
+        alpha=p["alpha"],
+        reference=p["reference"],
+        plugins=list(ctx.plugins),
+        **ctx.schedule_kwargs(),
+        **ctx.base_kwargs(),
+    )

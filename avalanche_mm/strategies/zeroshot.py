@@ -74,3 +74,21 @@ class ZeroShot(MultimodalSupervisedTemplate):
 
 
 __all__ = ["ZeroShotPlugin", "ZeroShot"]
+
+
+# ---------------------------------------------------------------------------
+# registration (config name "zeroshot"; no parameters)
+# ---------------------------------------------------------------------------
+from avalanche_mm.strategies.registry import BuildContext, register_method  # noqa: E402
+
+
+@register_method(
+    "zeroshot",
+    summary="the pretrained model, never trained (zero-shot CLIP)",
+    params_from=ZeroShot,
+    trains=False,
+    family="baseline",
+    reference="Radford et al., ICML 2021",
+)
+def _build_zeroshot(ctx: BuildContext, p: dict):
+    return ZeroShot(model=ctx.model, criterion=ctx.criterion(), plugins=list(ctx.plugins), **ctx.base_kwargs())

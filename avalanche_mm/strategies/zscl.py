@@ -562,3 +562,89 @@ class ZSCL(FineTune):
 
 
 __all__ = ["ZSCLPlugin", "ZSCL", "WE_MODES"]
+
+
+# ---------------------------------------------------------------------------
+# registration (config name "zscl"; parameters from ZSCL's signature)
+# ---------------------------------------------------------------------------
+from avalanche_mm.schema import Opt  # noqa: E402
+from avalanche_mm.strategies.registry import BuildContext, CheckContext, register_method  # noqa: E402
+
+
+def _reference_of(bundle):
+    return getattr(bundle, "reference", None)
+
+
+def _no_reference_message(where: str, benchmark: str) -> str:
+    return (
+        f"{where}: zscl needs a reference set (images and sentences), but benchmark {benchmark!r} "
+        "provides none; use a benchmark with a reference split (e.g. demo-mtil) or, for a real-data "
+        "benchmark, name one in benchmark.reference.images and benchmark.reference.texts"
+    )
+
+
+def _check_zscl(ctx: CheckContext, p: dict) -> list:
+    bench = ctx.benchmark or {}
+    ref_cfg = bench.get("reference") or {}
+    if ref_cfg.get("images") is not None or ref_cfg.get("texts") is not None:
+        return []  # a configured reference set (its files are checked with the benchmark)
+    if ctx.bundle is not None and _reference_of(ctx.bundle) is None:
+        return [_no_reference_message(f"{ctx.key}.method", bench.get("name", "?"))]
+    if ctx.bundle is None:
+        from avalanche_mm.benchmarks.registry import BENCHMARKS
+
+        name = bench.get("name")
+        if name in BENCHMARKS and not BENCHMARKS[name].reference:
+            return [_no_reference_message(f"{ctx.key}.method", name)]
+    return []
+
+
+@register_method(
+    "zscl",
+    summary="ZSCL: reference-set distillation (both directions), L2 to task start, weight ensemble",
+    params_from=ZSCL,
+    exclude=("reference_images", "reference_texts", "teacher", "seed", "ref_batch_size"),
+    params={
+        # the config default differs from the constructor's: the study's batch size
+        "ref_batch_size": Opt("int", None, nullable=True, minimum=1, help="reference images per step (default: training.batch_size)"),
+        "reference_size": Opt("int", None, nullable=True, minimum=1, help="use only the first N reference images"),
+        "reference_texts": Opt("int", None, nullable=True, minimum=1, help="use only the first N reference sentences"),
+    },
+    model_kinds=("clip",),
+    check=_check_zscl,
+    family="regularization",
+    reference="Zheng et al., ICCV 2023",
+)
+def _build_zscl(ctx: BuildContext, p: dict):
+    ref = _reference_of(ctx.bundle)
+    if ref is None:
+        raise ValueError(_no_reference_message("method", getattr(ctx.bundle, "name", "?")))
+    images = ref.images
+    texts = list(dict.fromkeys(ref.texts))  # a bank of distinct sentences
+    if p["reference_size"] is not None:
+        images = images[: p["reference_size"]]
+    if p["reference_texts"] is not None:
+        texts = texts[: p["reference_texts"]]
+    return ZSCL(
+        model=ctx.model,
+        optimizer=ctx.optimizer(),
+        reference_images=images,
+        reference_texts=texts,
+        image_weight=p["image_weight"],
+        text_weight=p["text_weight"],
+        temperature=p["temperature"],
+        l2_weight=p["l2_weight"],
+        we_every=p["we_every"],
+        we_mode=p["we_mode"],
+        cache_teacher_images=p["cache_teacher_images"],
+        precompute_teacher_images=p["precompute_teacher_images"],
+        fused_forward=p["fused_forward"],
+        fast_l2=p["fast_l2"],
+        ref_batch_size=p["ref_batch_size"] or ctx.training["batch_size"],
+        ref_text_batch_size=p["ref_text_batch_size"],
+        text_features=p["text_features"],
+        seed=ctx.seed,
+        plugins=list(ctx.plugins),
+        **ctx.schedule_kwargs(),
+        **ctx.base_kwargs(),
+    )

@@ -95,7 +95,7 @@ def test_get_benchmark_builds_and_validates_parameters():
 
 
 def test_register_benchmark_decorator(monkeypatch):
-    monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
+    monkeypatch.setattr(registry_module.BENCHMARKS, "_entries", dict(registry_module.BENCHMARKS._entries))
 
     @register_benchmark("toy-for-test")
     def toy(*, size: int = 3, seed: int = 0):

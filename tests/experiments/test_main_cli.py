@@ -105,7 +105,7 @@ def test_results_folder_contents(finished_run, capsys):
     av = {json.loads(line)["name"].split("/")[0] for line in open(os.path.join(out, "av", "er", "metrics.jsonl"))}
     assert {"UnimodalAcc_image_Exp", "UnimodalAcc_audio_Exp", "ModalityImbalanceIndex_Stream"} <= av
     plots = sorted(os.listdir(os.path.join(out, "plots")))
-    assert plots == ["av_accuracy_matrix.png", "av_modalities.png", "av_transfer.png",
+    assert plots == ["av_accuracy_matrix.png", "av_modalities.png", "av_modality_signals.png", "av_transfer.png",
                      "mtil_accuracy_matrix.png", "mtil_alignment.png", "mtil_transfer.png"]
     report = open(os.path.join(out, "report.md")).read()
     for text in ("| zscl | zscl |", "Transfer", "imbalance index", "KL drift from init", "plots/mtil_transfer.png"):

@@ -59,6 +59,10 @@ def test_builtin_default_and_recipes_validate(tmp_path):
                 if ref.get("texts"):
                     (tmp_path / ref["texts"]).parent.mkdir(parents=True, exist_ok=True)
                     (tmp_path / ref["texts"]).write_text("a sentence\n")
+            if study.get("model", {}).get("pretrained"):  # weights: a checkpoint file stands in
+                ckpt = tmp_path / "weights.pt"
+                ckpt.write_bytes(b"")
+                study["model"]["pretrained"] = str(ckpt)
         validate_config(raw)
 
 

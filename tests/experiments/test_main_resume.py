@@ -11,7 +11,38 @@ import torch
 import yaml
 
 from avalanche_mm.cli import main
-from avalanche_mm.experiments.runner import DEBUG_HANG_ENV
+
+# a plugin from another distribution (entry-point group avalanche_mm.plugins), named by
+# the config's `plugins`: it hangs at HANG_AT=study/strategy/experience/iteration after
+# writing a marker, so the test can kill the run in the middle of an experience
+HANG_PLUGIN = """
+import os, time
+from avalanche.core import SupervisedPlugin
+
+class Hang(SupervisedPlugin):
+    stateless = True
+
+    def __init__(self, marker, exp, iteration):
+        super().__init__()
+        self.marker, self.exp, self.iteration, self.count = marker, exp, iteration, 0
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.count = 0
+
+    def before_training_iteration(self, strategy, **kwargs):
+        if strategy.experience.current_experience == self.exp and self.count == self.iteration:
+            with open(self.marker, "w") as fh:
+                fh.write(str(os.getpid()))
+            while True:  # wait to be killed
+                time.sleep(1)
+        self.count += 1
+
+def factory(ctx):
+    study, strategy, exp, it = os.environ["HANG_AT"].split("/")
+    if (ctx.study, ctx.strategy) != (study, strategy):
+        return None
+    return Hang(os.path.join(ctx.output, ".debug-hang"), int(exp), int(it))
+"""
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CFG = {
@@ -54,16 +85,20 @@ def _state(out, strategy):
     return {k: st[k] for k in ("finished", "rows", "baseline", "unimodal", "scalars", "complete")}
 
 
-def test_killed_run_resumes_to_identical_metrics(tmp_path):
+def test_killed_run_resumes_to_identical_metrics(tmp_path, fake_distribution):
     cfg_path = tmp_path / "resume.yaml"
     cfg_path.write_text(yaml.safe_dump(CFG, sort_keys=False))
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     assert main(["run", str(cfg_path), "--output", straight, "--no-report"]) == 0
 
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env[DEBUG_HANG_ENV] = "mtil/zscl/1/2"  # hang in the 2nd experience of zscl, 3rd iteration
+    dist = fake_distribution(tmp_path / "dist", "hang-plugin", {"hangplugin.py": HANG_PLUGIN},
+                             {"avalanche_mm.plugins": {"debug-hang": "hangplugin:factory"}})
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, dist, os.environ.get("PYTHONPATH", "")]))
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # same float reductions as this process
+    env["HANG_AT"] = "mtil/zscl/1/2"  # hang in the 2nd experience of zscl, 3rd iteration
     proc = subprocess.Popen(
-        [sys.executable, "-m", "avalanche_mm.cli", "run", str(cfg_path), "--output", killed, "--no-report"],
+        [sys.executable, "-m", "avalanche_mm.cli", "run", str(cfg_path), "--output", killed, "--no-report",
+         "--set", "plugins=[debug-hang]"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     marker = os.path.join(killed, ".debug-hang")

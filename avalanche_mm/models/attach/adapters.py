@@ -88,6 +88,14 @@ class MixtureOfAdapters(nn.Module):
     :param num_routers: routers (one per task).
     :param noisy_gating: add the learned gating noise while training.
     :param router_input: ``"first"`` (first token) or ``"mean"``.
+    :param noise_at_eval: keep the gating noise in evaluation mode too (the
+        released class-incremental code of MoE-Adapters4CL does, by accident
+        of a flag read at construction); default False.
+
+    ``expert_frozen[e]`` (a buffer, saved in the state dict) marks experts
+    frozen by :meth:`freeze_experts` ("activate-freeze"); their parameters
+    have ``requires_grad=False`` (:meth:`sync_frozen` re-applies it after a
+    ``load_state_dict``).
     """
 
     def __init__(
@@ -102,6 +110,7 @@ class MixtureOfAdapters(nn.Module):
         num_routers: int = 1,
         noisy_gating: bool = True,
         router_input: str = "first",
+        noise_at_eval: bool = False,
     ):
         super().__init__()
         _positive_int("num_experts", num_experts)
@@ -117,16 +126,38 @@ class MixtureOfAdapters(nn.Module):
         )
         self.top_k = top_k
         self.noisy_gating = bool(noisy_gating)
+        self.noise_at_eval = bool(noise_at_eval)
         self.router_input = router_input
         self.w_gate = nn.Parameter(torch.zeros(num_routers, dim, num_experts))
         self.w_noise = nn.Parameter(torch.zeros(num_routers, dim, num_experts))
         self.register_buffer("expert_usage", torch.zeros(num_routers, num_experts))
         self.register_buffer("_active_router", torch.zeros((), dtype=torch.long))
+        self.register_buffer("expert_frozen", torch.zeros(num_experts, dtype=torch.bool))
         self.last_gates: Optional[Tensor] = None
 
     @property
     def num_experts(self) -> int:
         return len(self.experts)
+
+    @property
+    def num_routers(self) -> int:
+        return int(self.w_gate.shape[0])
+
+    def freeze_experts(self, indices) -> None:
+        """Freeze experts ``indices`` for good (buffer + ``requires_grad=False``)."""
+        for e in indices:
+            e = int(e)
+            if not 0 <= e < self.num_experts:
+                raise ValueError(f"expert index must be in 0..{self.num_experts - 1}, got {e}.")
+            self.expert_frozen[e] = True
+        self.sync_frozen()
+
+    def sync_frozen(self) -> None:
+        """Set ``requires_grad`` of every expert from ``expert_frozen``."""
+        for e, expert in enumerate(self.experts):
+            frozen = bool(self.expert_frozen[e])
+            for p in expert.parameters():
+                p.requires_grad_(not frozen)
 
     @property
     def active_router(self) -> int:
@@ -145,7 +176,7 @@ class MixtureOfAdapters(nn.Module):
         route = route.float()
         clean = route @ self.w_gate[r].float()
         logits = clean
-        if self.noisy_gating and self.training:
+        if self.noisy_gating and (self.training or self.noise_at_eval):
             std = F.softplus(route @ self.w_noise[r].float()) + 1e-2
             logits = clean + torch.randn_like(clean) * std
         top_val, top_idx = logits.topk(self.top_k, dim=-1)
@@ -186,6 +217,10 @@ class AdapterSet(BackboneAttachment):
     :param towers: towers to adapt.
     :param layers: block indices per tower (None: every block).
     :param num_experts: 0 for plain adapters, else experts per block.
+    :param adapter_input: what the adapters (and routers) read:
+        ``"normalized"`` - the MLP's own input ``LN(x)`` (AdaptFormer style);
+        ``"residual"`` - the block's residual stream ``x`` before that layer
+        norm, as MoE-Adapters4CL's code (``x + MLP(LN x) + sum g_i E_i(x)``).
     :param adapter_kwargs: forwarded to the adapter constructors.
     """
 
@@ -196,12 +231,19 @@ class AdapterSet(BackboneAttachment):
         towers: Sequence[str] = ("vision", "text"),
         layers: Optional[Dict[str, Optional[Sequence[int]]]] = None,
         num_experts: int = 0,
+        adapter_input: str = "normalized",
         **adapter_kwargs,
     ):
         super().__init__(towers=towers)
         if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 0:
             raise ValueError(f"num_experts must be an int >= 0, got {num_experts!r}.")
-        moe_only = {"num_experts", "top_k", "num_routers", "noisy_gating", "router_input"}
+        if adapter_input not in ("normalized", "residual"):
+            raise ValueError(
+                f"adapter_input must be 'normalized' or 'residual', got {adapter_input!r}."
+            )
+        self.adapter_input = adapter_input
+        self._stash: Dict[str, Tensor] = {}
+        moe_only = {"num_experts", "top_k", "num_routers", "noisy_gating", "router_input", "noise_at_eval"}
         if num_experts == 0 and moe_only & set(adapter_kwargs):
             raise ValueError(
                 f"{sorted(moe_only & set(adapter_kwargs))} apply to mixtures of experts only; "
@@ -221,32 +263,86 @@ class AdapterSet(BackboneAttachment):
                 self._targets.append((tower, i))
         self.num_experts = num_experts
 
+    @property
+    def active_router(self) -> int:
+        """The router selected in the mixtures (0 for plain adapters)."""
+        for mod in self.adapters.values():
+            return mod.active_router if isinstance(mod, MixtureOfAdapters) else 0
+        return 0
+
     def set_active_router(self, index: int) -> None:
-        """Select router ``index`` (e.g. the current task) in every mixture."""
+        """Select router ``index`` (e.g. the current task) in every mixture.
+
+        Changing the router changes the text encoding, so the backbone's
+        :meth:`~VisionLanguageBackbone.text_state_key` changes with it
+        (cached class embeddings are re-encoded).
+        """
         if not self.num_experts:
             raise ValueError("set_active_router needs mixtures of experts (num_experts > 0).")
+        changed = False
         for mod in self.adapters.values():
+            changed = changed or mod.active_router != int(index)
             mod.active_router = index
+        b = self.backbone
+        if changed and b is not None:
+            b._attach_generation += 1
+
+    def mixtures(self) -> Dict[str, MixtureOfAdapters]:
+        """``{"<tower>_<layer>": MixtureOfAdapters}`` (empty for plain adapters)."""
+        return {k: m for k, m in self.adapters.items() if isinstance(m, MixtureOfAdapters)}
 
     def _install(self, backbone: VisionLanguageBackbone):
         records = []
         for tower, i in self._targets:
             batch_first = backbone.tokens_batch_first(tower)
             mlp = backbone.block_mlp(tower, i)
-            records.append(self._hook(mlp, "_mlp_hook", f"{tower}_{i}", batch_first))
+            key = f"{tower}_{i}"
+            if self.adapter_input == "residual":
+                norm = _pre_mlp_norm(backbone, tower, i)
+                records.append(self._hook(norm, "_norm_pre_hook", key, pre=True))
+            records.append(self._hook(mlp, "_mlp_hook", key, batch_first))
         return records
+
+    def _norm_pre_hook(self, key: str, module, inputs):
+        """Forward pre-hook of the pre-MLP layer norm: keep the residual stream ``x``."""
+        if self.active:
+            self._stash[key] = inputs[0]
+        return None
 
     def _mlp_hook(self, key: str, batch_first: bool, module, inputs, output):
         """Forward hook of an MLP: ``output + adapter(input)``."""
         if not self.active:
             return output
         adapter = self.adapters[key]
-        x = inputs[0]
+        if self.adapter_input == "residual":
+            x = self._stash.pop(key, None)
+            if x is None or x.shape != inputs[0].shape:
+                raise RuntimeError(
+                    f"adapter {key}: the residual stream was not captured before the MLP "
+                    "(the block does not call its pre-MLP layer norm right before the MLP); "
+                    "use adapter_input='normalized' with this backbone."
+                )
+        else:
+            x = inputs[0]
         if isinstance(adapter, MixtureOfAdapters):
             delta = adapter(x, batch_first=batch_first)
         else:
             delta = adapter(x)
         return output + delta.to(output.dtype)
+
+
+def _pre_mlp_norm(backbone: VisionLanguageBackbone, tower: str, index: int) -> nn.Module:
+    """The layer norm applied to the residual stream right before block ``index``'s MLP."""
+    block = backbone.blocks(tower)[index]
+    for name in ("ln_2", "layer_norm2", "norm2"):  # open_clip, HF CLIP, timm
+        mod = getattr(block, name, None)
+        if isinstance(mod, nn.Module):
+            return mod
+    raise NotImplementedError(
+        f"{backbone.name}: block {index} of the {tower} tower ({type(block).__name__}) has no "
+        "pre-MLP layer norm named ln_2/layer_norm2/norm2; adapter_input='residual' cannot find "
+        "the residual stream. Use adapter_input='normalized'."
+    )
 
 
 def attach_adapters(
@@ -259,6 +355,7 @@ def attach_adapters(
     scale: float = 0.1,
     dropout: float = 0.0,
     num_experts: int = 0,
+    adapter_input: str = "normalized",
     freeze_base: bool = True,
     **moe_kwargs,
 ) -> AdapterSet:
@@ -273,8 +370,10 @@ def attach_adapters(
     :param dropout: adapter dropout.
     :param num_experts: 0: one adapter per block; >0: a
         :class:`MixtureOfAdapters` with that many experts per block
-        (``top_k``, ``num_routers``, ``noisy_gating``, ``router_input`` go
-        in ``moe_kwargs``).
+        (``top_k``, ``num_routers``, ``noisy_gating``, ``router_input``,
+        ``noise_at_eval`` go in ``moe_kwargs``).
+    :param adapter_input: ``"normalized"`` (the MLP's input ``LN x``) or
+        ``"residual"`` (the residual stream ``x``, as MoE-Adapters4CL).
     :param freeze_base: freeze every pretrained parameter (default True).
     :return: the attached :class:`AdapterSet`.
     """
@@ -283,6 +382,7 @@ def attach_adapters(
         towers=towers,
         layers=layers,
         num_experts=num_experts,
+        adapter_input=adapter_input,
         bottleneck=bottleneck,
         scale=scale,
         dropout=dropout,

@@ -5,6 +5,8 @@ from .hf_clip_backbone import HFCLIPBackbone
 from .open_clip_backbone import OpenCLIPBackbone
 from .preprocess import CLIP_MEAN, CLIP_STD, ImagePreprocess
 from .registry import (
+    BACKBONES,
+    weights_problem,
     TINY_HFCLIP_CONFIG,
     TINY_OPENCLIP_CONFIG,
     build_backbone,
@@ -21,6 +23,8 @@ __all__ = [
     "ImagePreprocess",
     "CLIP_MEAN",
     "CLIP_STD",
+    "BACKBONES",
+    "weights_problem",
     "build_backbone",
     "register_backbone",
     "list_backbones",
