@@ -263,27 +263,33 @@ class _OnPIL:
         return self.transform(TF.to_pil_image(img) if isinstance(img, torch.Tensor) else img)
 
 
+def _is_tensor_preprocess(t) -> bool:
+    """A backbone's ``ImagePreprocess`` (duck-typed: the benchmarks layer sits below models):
+    it takes uint8 tensors and has a ``train`` switch and a crop ``scale``."""
+    return all(hasattr(t, a) for a in ("size", "mean", "std", "train", "scale", "interpolation"))
+
+
 def _image_transforms(image_size: int, image_transform: Optional[Callable],
                       train_image_transform: Optional[Callable], augment: bool):
     """``(train, eval)`` transforms of the image modality."""
-    from avalanche_mm.models.backbones.preprocess import ImagePreprocess
+    import copy
 
     if image_transform is None:
         eval_t: Callable = ZSCLImageTransform(image_size, train=False)
-    elif isinstance(image_transform, ImagePreprocess):
+    elif _is_tensor_preprocess(image_transform):
         eval_t = image_transform
     else:
         eval_t = _OnPIL(image_transform)
     if train_image_transform is not None:
-        train_t = train_image_transform if isinstance(train_image_transform, ImagePreprocess) else _OnPIL(
-            train_image_transform)
+        train_t = (train_image_transform if _is_tensor_preprocess(train_image_transform)
+                   else _OnPIL(train_image_transform))
     elif not augment:
         train_t = eval_t
     elif image_transform is None:
         train_t = ZSCLImageTransform(image_size, train=True)
-    elif isinstance(image_transform, ImagePreprocess):
-        train_t = ImagePreprocess(size=image_transform.size, mean=image_transform.mean, std=image_transform.std,
-                                  train=True, interpolation="bicubic", scale=(0.9, 1.0))
+    elif _is_tensor_preprocess(image_transform):
+        train_t = copy.copy(image_transform)  # ZSCL: RandomResizedCrop(scale 0.9-1, bicubic), then normalise
+        train_t.train, train_t.scale, train_t.interpolation = True, (0.9, 1.0), "bicubic"
     else:  # a custom transform cannot be made random: train as evaluated
         train_t = eval_t
     return train_t, eval_t
