@@ -92,10 +92,9 @@ def main():
     args = ap.parse_args()
     torch.set_flush_denormal(True)
 
-    from avalanche_mm.experiments.registry import _register_demo_backbone, clip_classifier, demo_mtil
+    from avalanche_mm.benchmarks.catalog import demo_mtil
     from avalanche_mm.models import build_backbone
-
-    _register_demo_backbone()
+    from avalanche_mm.models.build import clip_classifier
 
     bundle = demo_mtil(world=WORLD, tasks=TASKS, train_per_class=32, test_per_class=16, reference_per_combination=20)
     model = clip_classifier(build_backbone("demo-clip", seed=0), bundle, {"freeze": ["logit_scale"]})
