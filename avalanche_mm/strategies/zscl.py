@@ -29,12 +29,15 @@ Both CLIP towers are fine-tuned on each task with three additions:
    the snapshots after steps ``we_every, 2 we_every, ...`` only (10 snapshots).
 
 The teacher's work is done once: its features of the reference sentences once
-(the teacher is frozen), and with ``cache_teacher_images`` (default) its
-features of each reference image the first time that image is drawn (an
-index-addressed cache; the frozen teacher in eval mode gives the same
-features every time), so an iteration costs one student forward/backward on
-the reference batch more than fine-tuning, and no teacher forward once the
-reference set has been seen.
+per task (the teacher is frozen). Optionally its reference-image features too:
+``precompute_teacher_images`` encodes the whole (tensor) reference set once,
+in fixed chunks, before the first task; ``cache_teacher_images`` keeps each
+image's features the first time it is drawn (an index-addressed cache). The
+frozen teacher in eval mode gives the same features to float precision, but a
+feature computed in a different batch can differ in the last bits, so the lazy
+cache makes a resumed run differ from an uninterrupted one in the last digits;
+precomputation (canonical chunks) does not. Both are off by default (the
+released code's teacher forward on every iteration).
 
 :class:`ZSCLPlugin` holds the three mechanisms (each can be switched off
 with a zero weight / period); :class:`ZSCL` is continual fine-tuning with it.
@@ -141,7 +144,7 @@ class ZSCLPlugin(SupervisedPlugin):
         l2_weight: float = 1.0,
         we_every: int = 100,
         we_mode: str = "code",
-        cache_teacher_images: bool = True,
+        cache_teacher_images: bool = False,
         precompute_teacher_images: bool = False,
         fused_forward: bool = True,
         fast_l2: bool = True,
@@ -526,7 +529,7 @@ class ZSCL(FineTune):
         l2_weight: Annotated[float, Range(ge=0.0)] = 1.0,
         we_every: Annotated[int, Range(ge=0)] = 100,
         we_mode: Literal["code", "periodic"] = "code",
-        cache_teacher_images: bool = True,
+        cache_teacher_images: bool = False,
         precompute_teacher_images: bool = False,
         fused_forward: bool = True,
         fast_l2: bool = True,
