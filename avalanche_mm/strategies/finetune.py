@@ -337,6 +337,27 @@ def _cpu_fused_supported() -> bool:
     return (major, minor) >= (2, 4)
 
 
+def track_parameter_versions(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Make every ``optimizer.step()`` bump its parameters' in-place version counters.
+
+    The fused Adam/AdamW kernels update parameters without bumping ``param._version``
+    (PyTorch <= 2.14), and the zero-shot heads decide from those counters when cached
+    class embeddings are stale (:meth:`VisionLanguageBackbone.text_state_key`): without
+    this hook, evaluation after training would use text embeddings of the old weights.
+    :func:`make_clip_optimizer` applies it to fused optimizers; apply it to a fused
+    optimizer you build yourself. Returns the optimizer.
+    """
+    from torch.autograd.graph import increment_version
+
+    def bump(opt, args, kwargs):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                increment_version(p)
+
+    optimizer.register_step_post_hook(bump)
+    return optimizer
+
+
 def make_clip_optimizer(
     model: nn.Module,
     *,
@@ -364,9 +385,9 @@ def make_clip_optimizer(
         params = list(model.parameters())[:1]
     fast = _fast_path(params)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), **fast)
+        return track_parameter_versions(torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), **fast))
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), **fast)
+        return track_parameter_versions(torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), **fast))
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum,
                                foreach=bool(fast) or None)

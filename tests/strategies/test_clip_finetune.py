@@ -199,3 +199,20 @@ def test_teacher_copies_share_the_tokenizer_and_optimizers_take_the_fast_path(se
     assert opt.defaults.get("fused") or opt.defaults.get("foreach")
     sgd = make_clip_optimizer(model, name="sgd", lr=1e-2)
     assert sgd.defaults.get("foreach")
+
+
+def test_optimizer_steps_make_cached_class_embeddings_stale(setup):
+    """A fused AdamW updates weights without bumping version counters; the zero-shot head's
+    cache of class embeddings keys on them, so without the step hook evaluation after training
+    used the text embeddings of the old weights (found by the 2-process resume test)."""
+    from avalanche_mm.strategies.finetune import find_backbone, make_clip_optimizer
+
+    _, model = setup
+    bb = find_backbone(model)
+    for name in ("adamw", "adam", "sgd"):
+        opt = make_clip_optimizer(model, name=name, lr=1e-3)
+        before = bb.text_state_key()
+        for p in bb.tower_parameters("text"):
+            p.grad = torch.ones_like(p)
+        opt.step()
+        assert bb.text_state_key() != before, name
