@@ -37,6 +37,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/world_generation.py
 	$(PY) benchmarks/metrics_overhead.py
 	$(PY) benchmarks/feature_cache.py
+	$(PY) benchmarks/collate.py
+	$(PY) benchmarks/zscl_cost.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -16,9 +16,10 @@ What keeps the replicas identical (see :class:`avalanche_mm.strategies.Multimoda
   global batch - what ``DistributedDataParallel`` computes - while the strategy
   keeps the model itself (not a wrapper), so every plugin (teachers, weight
   ensembles, adapters, routers) sees the attributes it expects.
-- **Random generators are aligned** (rank 0's states broadcast) before the
-  end-of-experience callbacks, so buffers, herding and snapshots make the
-  same random choices on every rank.
+- **Random generators are reseeded identically** before the end-of-experience
+  callbacks (from rank 0's last explicit seed and the experience), so buffers,
+  herding and snapshots make the same random choices on every rank, and for any
+  number of processes.
 - **Replicas are verified** after each experience: a checksum of every
   parameter and buffer is compared across ranks, and a mismatch stops the run
   naming the experience (a method with rank-local state is not DDP-safe).
@@ -50,6 +51,11 @@ class DistributedError(RuntimeError):
 def is_distributed() -> bool:
     """True inside an initialised process group of more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def in_process_group() -> bool:
+    """True inside an initialised process group (any world size, 1 included)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:
@@ -206,16 +212,27 @@ def average_gradients(params: Iterable[nn.Parameter], *, weight: float = 1.0) ->
             offset += n
 
 
-def align_rng(src: int = 0) -> None:
-    """Give every rank ``src``'s python, numpy and torch CPU random states."""
-    if not is_distributed():
+def align_rng(*salt: Any, src: int = 0) -> None:
+    """Reseed python, numpy and torch identically on every rank.
+
+    The new seed is derived from ``src``'s ``torch.initial_seed()`` (the last explicit
+    seed, e.g. the main job's per-experience seed) and ``salt`` - not from the current
+    random state, whose position depends on how much randomness training consumed, which
+    varies with the per-rank batch size. So the random choices that follow (replay buffer
+    updates, herding) are the same on every rank *and* for any number of processes.
+    Does nothing outside a process group.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
         return
-    states: List[Any] = [(random.getstate(), np.random.get_state(), torch.get_rng_state())] if rank() == src else [None]
-    dist.broadcast_object_list(states, src=src)
-    py, npy, th = states[0]
-    random.setstate(py)
-    np.random.set_state(npy)
-    torch.set_rng_state(th)
+    base = torch.tensor([torch.initial_seed() % (2**63 - 1)], dtype=torch.int64)
+    if world_size() > 1:
+        dist.broadcast(base, src=src)
+    import zlib
+
+    seed = zlib.crc32(repr((int(base), salt)).encode("utf-8"))
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def state_checksum(module: nn.Module) -> torch.Tensor:
@@ -304,6 +321,7 @@ __all__ = [
     "DistributedError",
     "TORCHRUN_ENV",
     "is_distributed",
+    "in_process_group",
     "rank",
     "world_size",
     "is_main_process",

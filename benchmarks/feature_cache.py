@@ -15,7 +15,7 @@ shows the other end: when the encoder is tiny the cache saves little.
 Usage::
 
     python benchmarks/feature_cache.py [--backbone ViT-B-32] [--num-samples 256]
-        [--batch-size 64] [--epochs 2] [--device cpu] [--threads N]
+        [--batch-size 64] [--epochs 2] [--repeats 3] [--device cpu] [--threads N]
 """
 
 import argparse
@@ -54,6 +54,7 @@ def main(argv=None):
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
@@ -71,7 +72,7 @@ def main(argv=None):
     n_params = sum(p.numel() for p in backbone.parameters())
     print(
         f"backbone {args.backbone} ({n_params / 1e6:.1f}M params, {size}x{size} images), "
-        f"{args.num_samples} samples, batch {args.batch_size}, {args.epochs} epochs, "
+        f"{args.num_samples} samples, batch {args.batch_size}, {args.epochs} epochs, {args.repeats} repeats, "
         f"device {device}, {torch.get_num_threads()} CPU threads"
     )
 
@@ -83,41 +84,60 @@ def main(argv=None):
         ).to(device)
         return probe, torch.optim.SGD(probe.head.parameters(), lr=0.1)
 
-    probe, opt = new_probe()
-    uncached = [
-        _epoch(probe, dataset, batch_size=args.batch_size, optimizer=opt, device=device)
-        for _ in range(args.epochs)
-    ]
-
-    with tempfile.TemporaryDirectory() as root:
-        cache = FrozenFeatureCache(root=root)
-        start = time.perf_counter()
-        feats = cache.get_or_compute(
-            backbone.encode_image, dataset, batch_size=args.batch_size, device=device
-        )
-        build = time.perf_counter() - start
-        start = time.perf_counter()
-        FrozenFeatureCache(root=root).get_or_compute(
-            backbone.encode_image, dataset, batch_size=args.batch_size, device=device
-        )
-        reload = time.perf_counter() - start
-        feature_data = cache.feature_dataset(dataset, feats)
+    def uncached_run():
         probe, opt = new_probe()
-        cached = [
-            _epoch(probe, feature_data, batch_size=args.batch_size, optimizer=opt, device=device)
-            for _ in range(args.epochs)
-        ]
+        return [_epoch(probe, dataset, batch_size=args.batch_size, optimizer=opt, device=device)
+                for _ in range(args.epochs)]
 
-    u, c = statistics.median(uncached), statistics.median(cached)
-    print(f"uncached epoch (median of {args.epochs}): {u:8.3f} s")
-    print(f"cached epoch   (median of {args.epochs}): {c:8.3f} s")
-    print(f"epoch speed-up: {u / c:8.1f}x")
-    print(f"one-off cache build (encode + fingerprint + write): {build:8.3f} s")
-    print(f"cache reuse in a new run (fingerprint + read):      {reload:8.3f} s")
-    total_u = u * args.epochs
-    total_c = build + c * args.epochs
-    print(f"{args.epochs} epochs incl. cache build: {total_u:.3f} s uncached vs {total_c:.3f} s cached")
-    return u / c
+    def cached_run():
+        with tempfile.TemporaryDirectory() as root:
+            cache = FrozenFeatureCache(root=root)
+            start = time.perf_counter()
+            feats = cache.get_or_compute(backbone.encode_image, dataset, batch_size=args.batch_size, device=device)
+            build = time.perf_counter() - start
+            start = time.perf_counter()
+            FrozenFeatureCache(root=root).get_or_compute(
+                backbone.encode_image, dataset, batch_size=args.batch_size, device=device)
+            reload = time.perf_counter() - start
+            feature_data = cache.feature_dataset(dataset, feats)
+            probe, opt = new_probe()
+            epochs = [_epoch(probe, feature_data, batch_size=args.batch_size, optimizer=opt, device=device)
+                      for _ in range(args.epochs)]
+        return build, reload, epochs
+
+    rows = {k: [] for k in ("u_epoch", "c_epoch", "epoch_ratio", "build", "reload", "u_total", "c_total",
+                            "total_ratio")}
+    for r in range(args.repeats):
+        if r % 2 == 0:
+            unc = uncached_run()
+            build, reload, cac = cached_run()
+        else:
+            build, reload, cac = cached_run()
+            unc = uncached_run()
+        u, c = statistics.median(unc), statistics.median(cac)
+        rows["u_epoch"].append(u)
+        rows["c_epoch"].append(c)
+        rows["epoch_ratio"].append(u / c)
+        rows["build"].append(build)
+        rows["reload"].append(reload)
+        rows["u_total"].append(sum(unc))
+        rows["c_total"].append(build + sum(cac))
+        rows["total_ratio"].append(sum(unc) / (build + sum(cac)))
+
+    def fig(label, key, unit=" s", fmt="{:.3f}"):
+        xs = rows[key]
+        print(f"{label}: median {fmt.format(statistics.median(xs))}{unit} "
+              f"(range {fmt.format(min(xs))}-{fmt.format(max(xs))}, {len(xs)} interleaved repeats)")
+
+    fig("uncached epoch", "u_epoch")
+    fig("cached epoch", "c_epoch")
+    fig("per-epoch speed-up (uncached / cached epoch)", "epoch_ratio", "x", "{:.1f}")
+    fig("one-off cache build (encode + fingerprint + write)", "build")
+    fig("cache reuse in a new run (fingerprint + read)", "reload")
+    fig(f"end-to-end uncached ({args.epochs} epochs)", "u_total")
+    fig(f"end-to-end cached (build + {args.epochs} epochs)", "c_total")
+    fig(f"end-to-end speed-up ({args.epochs} epochs, build included)", "total_ratio", "x", "{:.2f}")
+    return statistics.median(rows["total_ratio"])
 
 
 if __name__ == "__main__":

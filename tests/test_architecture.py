@@ -12,7 +12,7 @@ PKG = os.path.dirname(avalanche_mm.__file__)
 ROOT = os.path.dirname(PKG)
 #: layer of each top-level part (a part imports only its own layer and those below)
 LAYERS = {
-    "schema": 0, "registry": 0,
+    "schema": 0, "registry": 0, "distributed": 0,
     "data": 1,
     "benchmarks": 2,
     "models": 3, "strategies": 3,

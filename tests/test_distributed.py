@@ -73,7 +73,8 @@ STUDY = {
             "model": {"kind": "clip", "backbone": "demo-clip", "pretrain": {"enabled": True, "iterations": 3, "batch_size": 16}},
             "training": {"iterations": 4, "batch_size": 8, "lr": 3e-4, "warmup": 1, "label_smoothing": 0.2},
             "evaluation": {"initial": False},
-            "strategies": {"finetune": {}, "er": {"mem_size": 8}, "zscl": {"we_every": 2, "ref_batch_size": 4}},
+            "strategies": {"finetune": {}, "er": {"mem_size": 8}, "zscl": {"we_every": 2, "ref_batch_size": 4},
+                           "lwf": {}, "wiseft": {}},
         },
         "av": {
             "benchmark": {
@@ -88,7 +89,7 @@ STUDY = {
         },
     },
 }
-RUNS = ("mtil/finetune", "mtil/er", "mtil/zscl", "av/finetune")
+RUNS = ("mtil/finetune", "mtil/er", "mtil/zscl", "mtil/lwf", "mtil/wiseft", "av/finetune")
 
 
 def _avalanche_mm(args, env_extra=None, timeout=600):
@@ -103,7 +104,7 @@ def _avalanche_mm(args, env_extra=None, timeout=600):
 
 
 def test_two_processes_match_one_and_a_killed_rank_resumes(tmp_path):
-    """fine-tuning, ER, ZSCL (CLIP) and a fusion study: a 2-process run (global batch 8, 4 per
+    """fine-tuning, ER, ZSCL, LwF, WiSE-FT (CLIP) and a fusion study: a 2-process run (global batch 8, 4 per
     rank) against a 1-process torchrun run with the same global batch: the same global batches
     are drawn, so weights agree to float rounding (gradient sums in another order: rtol 1e-4 on
     the state checksums) and accuracy matrices agree exactly (a prediction could flip only on a

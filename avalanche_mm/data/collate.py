@@ -143,6 +143,32 @@ def _check_compatible(name: str, ref, other, *, allow_last: bool) -> None:
         )
 
 
+def _collate_column(column: Sequence[Any]):
+    """Labels and task labels: ints (the usual case) in one ``torch.tensor`` call."""
+    if all(type(v) is int for v in column):
+        return torch.tensor(column, dtype=torch.long)
+    return default_collate(list(column))
+
+
+class NonFiniteValueError(ValueError):
+    """A floating-point modality of a batch holds NaN or Inf (``check_finite=True``)."""
+
+
+def _raise_if_not_finite(name: str, out: Tensor, *, present: Sequence[bool]) -> None:
+    finite = torch.isfinite(out)
+    if bool(finite.all()):
+        return
+    bad_rows = (~finite).reshape(out.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
+    row = bad_rows[0]
+    values = out[row][~finite[row]]
+    kind = "NaN" if bool(torch.isnan(values).any()) else "Inf"
+    raise NonFiniteValueError(
+        f"sample {row} of the batch, modality '{name}': {int((~finite[row]).sum())} {kind} value(s) "
+        f"(samples with non-finite values: {bad_rows[:10]}). Check the data source or its transforms; "
+        "check_finite=False skips this check."
+    )
+
+
 class MultimodalCollate:
     """Collate ``(x, y, t, ...)`` samples whose ``x`` is a modality dict.
 
@@ -158,9 +184,12 @@ class MultimodalCollate:
         modalities can still be materialised); otherwise the first sample of
         each batch is the reference and any last-axis length difference means
         padding.
+    :param check_finite: raise when a floating-point modality holds NaN or
+        Inf, naming the sample index (in the batch) and the modality.
     """
 
-    def __init__(self, specs: Optional[Mapping[str, ModalitySpec]] = None):
+    def __init__(self, specs: Optional[Mapping[str, ModalitySpec]] = None, *, check_finite: bool = False):
+        self.check_finite = bool(check_finite)
         if specs is not None:
             for k, s in specs.items():
                 if not isinstance(s, ModalitySpec) or s.name != k:
@@ -176,7 +205,8 @@ class MultimodalCollate:
         return "MultimodalCollate(" + "; ".join(s.describe() for s in self.specs.values()) + ")"
 
     def __eq__(self, other):
-        return isinstance(other, MultimodalCollate) and self.specs == other.specs
+        return (isinstance(other, MultimodalCollate) and self.specs == other.specs
+                and self.check_finite == getattr(other, "check_finite", False))
 
     def __hash__(self):
         return hash(tuple(sorted((self.specs or {}).items())))
@@ -189,50 +219,55 @@ class MultimodalCollate:
             raise TypeError(
                 f"MultimodalCollate expects samples (x, y, t, ...), got {type(first).__name__}."
             )
+        n = len(first)
         xs = []
         for i, s in enumerate(samples):
-            if len(s) != len(first):
+            if len(s) != n:
                 raise ValueError(
-                    f"sample {i} has {len(s)} elements, sample 0 has {len(first)}."
+                    f"sample {i} has {len(s)} elements, sample 0 has {n}."
                 )
-            if not isinstance(s[0], Mapping):
+            x = s[0]
+            if type(x) is not dict and not isinstance(x, Mapping):
                 raise TypeError(
-                    f"sample {i}: x must be a dict modality -> tensor, got {type(s[0]).__name__}."
+                    f"sample {i}: x must be a dict modality -> tensor, got {type(x).__name__}."
                 )
-            xs.append(s[0])
+            xs.append(x)
         x = self.collate_x(xs)
-        rest = [default_collate([s[j] for s in samples]) for j in range(1, len(first))]
+        rest = [_collate_column([s[j] for s in samples]) for j in range(1, n)]
         return [x] + rest
 
     def collate_x(self, xs: Sequence[Mapping[str, Any]]) -> MultimodalBatch:
-        """Collate only the modality dicts into a :class:`MultimodalBatch`."""
+        """Collate only the modality dicts into a :class:`MultimodalBatch`.
+
+        Vectorised: values of one modality that agree on shape and dtype are
+        stacked in one call (variable-length ones padded by ``pad_sequence``);
+        the per-sample checks, which name the offending sample, run only when
+        they disagree.
+        """
         names = list(self.specs.keys()) if self.specs is not None else list(xs[0].keys())
+        expected = set(names)
         for i, x in enumerate(xs):
-            if len(x) != len(names) or any(n not in x for n in names):
+            if x.keys() != expected:
                 raise ValueError(_key_mismatch_message(i, x.keys(), names))
         data, present, lengths, pads = {}, {}, {}, {}
         for name in names:
             spec = self.specs.get(name) if self.specs is not None else None
-            values, mask = [], []
-            ref = None
-            for i, x in enumerate(xs):
-                v = x[name]
-                if v is None:
-                    values.append(None)
-                    mask.append(False)
-                    continue
-                v = as_tensor(v, where=f"sample {i}, modality '{name}': ")
-                if spec is not None:
-                    self._check_against_spec(i, v, spec)
-                elif ref is None:
-                    ref = (i, v)
-                else:
-                    _check_compatible(name, ref, (i, v), allow_last=True)
-                values.append(v)
-                mask.append(True)
-            pad = spec.pad_value if spec is not None else 0
+            values = [x[name] for x in xs]
+            mask = [v is not None for v in values]
+            values = [
+                v if v is None or isinstance(v, Tensor) else as_tensor(v, where=f"sample {i}, modality '{name}': ")
+                for i, v in enumerate(values)
+            ]
             real = [v for v in values if v is not None]
+            pad = spec.pad_value if spec is not None else 0
             if real:
+                d0, s0 = real[0].dtype, real[0].shape
+                variable_spec = spec is not None and spec.variable
+                # fixed size: torch.stack checks the shapes; only dtypes are compared here
+                same = all(v.dtype is d0 for v in real) and (
+                    not variable_spec and spec is not None or all(v.shape == s0 for v in real))
+                if not same or spec is not None:
+                    self._check_values(name, values, spec, {(d0, s0)} if same else {None, (d0, s0)})
                 sample_shape = list(real[0].shape)
                 dtype = real[0].dtype
             elif spec is not None:
@@ -244,27 +279,64 @@ class MultimodalCollate:
                     "ModalitySpec tells its shape; build the dataset with "
                     "make_multimodal_dataset (which records specs) or pass specs=."
                 )
-            is_variable = (spec is not None and spec.variable) or (
-                len({v.shape[-1] for v in real}) > 1 if real and real[0].dim() else False
-            )
+            if spec is not None:
+                is_variable = spec.variable
+            else:
+                is_variable = len({v.shape[-1] for v in real}) > 1 if real and real[0].dim() else False
+            all_present = len(real) == len(values)
             if is_variable:
                 longest = max((v.shape[-1] for v in real), default=0)
                 sample_shape[-1] = longest
                 lengths[name] = torch.tensor(
                     [0 if v is None else v.shape[-1] for v in values], dtype=torch.long
                 )
-            out = torch.full((len(xs), *sample_shape), pad, dtype=dtype)
-            for row, v in enumerate(values):
-                if v is None:
-                    continue
-                if is_variable:
-                    out[row, ..., : v.shape[-1]] = v
-                else:
-                    out[row] = v
+                if real:
+                    padded = torch.nn.utils.rnn.pad_sequence(
+                        [v.movedim(-1, 0) for v in real], batch_first=True, padding_value=pad
+                    ).movedim(1, -1)
+                    if padded.shape[-1] < longest:  # pragma: no cover - pad_sequence pads to the longest
+                        padded = torch.nn.functional.pad(padded, (0, longest - padded.shape[-1]), value=pad)
+            elif real:
+                try:
+                    padded = torch.stack(real)
+                except RuntimeError:  # shapes differ: name the sample
+                    self._check_values(name, values, spec, {None})
+                    raise
+            else:
+                padded = None
+            if all_present and padded is not None:
+                out = padded.to(dtype) if padded.dtype != dtype else padded
+            else:
+                out = torch.full((len(xs), *sample_shape), pad, dtype=dtype)
+                if padded is not None:
+                    rows = torch.tensor([i for i, m in enumerate(mask) if m], dtype=torch.long)
+                    out[rows] = padded
+            if self.check_finite and out.is_floating_point():
+                _raise_if_not_finite(name, out, present=mask)
             data[name] = out
-            present[name] = torch.tensor(mask, dtype=torch.bool)
+            present[name] = (torch.ones(len(mask), dtype=torch.bool) if all_present
+                             else torch.tensor(mask, dtype=torch.bool))
             pads[name] = pad
         return MultimodalBatch(data, present=present, lengths=lengths, pad_values=pads)
+
+    def _check_values(self, name: str, values, spec: Optional[ModalitySpec], kinds) -> None:
+        """Per-sample checks (only when the values disagree, or against a spec)."""
+        if spec is not None and len(kinds) == 1:
+            dtype, shape = next(iter(kinds))
+            if dtype == spec.dtype and len(shape) == len(spec.shape) and all(
+                d is None or d == s for d, s in zip(spec.shape, shape)
+            ):
+                return  # every sample matches the spec: no per-sample pass
+        ref = None
+        for i, v in enumerate(values):
+            if v is None:
+                continue
+            if spec is not None:
+                self._check_against_spec(i, v, spec)
+            elif ref is None:
+                ref = (i, v)
+            else:
+                _check_compatible(name, ref, (i, v), allow_last=True)
 
     @staticmethod
     def _check_against_spec(i: int, v: Tensor, spec: ModalitySpec) -> None:
@@ -283,4 +355,4 @@ class MultimodalCollate:
             )
 
 
-__all__ = ["ModalitySpec", "MultimodalCollate", "infer_specs", "as_tensor"]
+__all__ = ["ModalitySpec", "MultimodalCollate", "NonFiniteValueError", "infer_specs", "as_tensor"]

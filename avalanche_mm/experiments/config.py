@@ -149,6 +149,11 @@ MODEL = Section(
             "list", None, nullable=True, item="str",
             help="prompt templates with '{}' (default: the benchmark's, else 'a photo of a {}.')",
         ),
+        "train_templates": Opt(
+            "str", "benchmark", choices=["benchmark", "all", "first"],
+            help="templates of the training logits: 'first' (ZSCL), 'all', or 'benchmark' "
+            "(the benchmark's info['train_text'], e.g. 'first' on mtil; else 'all')",
+        ),
         "freeze": Opt(
             "list", ["logit_scale"], item="str",
             help="parameter name prefixes (or 'vision', 'text', 'logit_scale') kept frozen",

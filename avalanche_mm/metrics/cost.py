@@ -37,7 +37,9 @@ class ParameterCount(PluginMetric[Dict[str, float]]):
     :param counter: optional ``model -> (trainable, total)`` replacing the
         ``requires_grad`` count, for methods whose trainable share is finer
         than a parameter tensor (e.g. one task's row of a stacked router
-        tensor in MoE-Adapters, plus modules kept outside the model).
+        tensor in MoE-Adapters, plus modules kept outside the model). Without
+        it, a strategy plugin with a ``parameter_counts(model)`` method is used
+        when there is one (the method declares its own share), else ``requires_grad``.
     """
 
     def __init__(self, counter: Optional[Callable[[torch.nn.Module], Tuple[int, int]]] = None) -> None:
@@ -49,8 +51,11 @@ class ParameterCount(PluginMetric[Dict[str, float]]):
 
     def _count(self, strategy) -> Tuple[int, int]:
         model = unwrap_model(strategy.model)
-        if self.counter is not None:
-            trainable, total = self.counter(model)
+        counter = self.counter
+        if counter is None:  # a method plugin that knows its trainable share (MoE-Adapters) says it
+            counter = next((p.parameter_counts for p in getattr(strategy, "plugins", ()) if callable(getattr(p, "parameter_counts", None))), None)
+        if counter is not None:
+            trainable, total = counter(model)
             return int(trainable), int(total)
         return count_parameters(model)
 

@@ -91,16 +91,21 @@ def clip_classifier(backbone, bundle, model_cfg: Mapping[str, Any]) -> nn.Module
         )
     task_classes, templates = _task_layout(bundle)
     given = model_cfg.get("templates")
+    train_templates = model_cfg.get("train_templates") or "benchmark"
+    if train_templates == "benchmark":  # e.g. mtil: 'first', as ZSCL trains
+        train_templates = (getattr(bundle.scenario, "info", None) or {}).get("train_text", "all")
     if len(task_classes) > 1:
         tmpl = {t: list(given) for t in task_classes} if given else {
             t: templates.get(t, list(DEFAULT_TEMPLATES)) for t in task_classes
         }
         head = MultiTaskZeroShotClassifier(
-            backbone=backbone, class_names=list(bundle.class_names), templates=tmpl, task_classes=task_classes
+            backbone=backbone, class_names=list(bundle.class_names), templates=tmpl, task_classes=task_classes,
+            train_templates=train_templates,
         )
     else:
         tmpl = list(given) if given else next(iter(templates.values()), list(DEFAULT_TEMPLATES))
-        head = ZeroShotClassifier(backbone=backbone, class_names=list(bundle.class_names), templates=tmpl)
+        head = ZeroShotClassifier(backbone=backbone, class_names=list(bundle.class_names), templates=tmpl,
+                                  train_templates=train_templates)
     apply_freeze(head, backbone, model_cfg.get("freeze") or [])
     return head
 

@@ -8,7 +8,12 @@ re-encodes only when the text encoding may have changed
 ``ceil(classes * templates / text_batch_size)`` text-encoder calls, however
 many batches are evaluated. While the text side is being trained (a text
 parameter or text prompt requires grad, training mode, grad enabled) the
-embeddings are recomputed on every forward, with gradient.
+embeddings are recomputed on every forward, with gradient, for the classes
+the step needs only: the sample's task's classes (multi-task heads) or the
+active classes (single label space with masking), never the whole
+benchmark's. Prompts are tokenised once per (classes, templates) entry.
+``train_templates="first"`` trains on the first template only (ZSCL's
+``dataset.template``) while evaluation uses the whole template ensemble.
 
 - :class:`ZeroShotClassifier`: one label space (class- and
   domain-incremental), optional masking of classes not trained yet
@@ -81,6 +86,15 @@ def _check_templates(templates, where: str) -> List[Template]:
     return templates
 
 
+def _check_train_templates(value: str) -> str:
+    if value not in ("all", "first"):
+        raise ValueError(
+            f"train_templates must be 'all' (template ensemble) or 'first' (first template, as "
+            f"ZSCL), got {value!r}."
+        )
+    return value
+
+
 def render_prompts(class_names: Sequence[str], templates: Sequence[Template]) -> List[str]:
     """All prompts, class-major: ``[t(c) for c in classes for t in templates]``."""
     out = []
@@ -119,11 +133,25 @@ class ClassEmbeddingCache(nn.Module):
             raise ValueError(f"text_batch_size must be a positive int, got {text_batch_size!r}.")
         self.text_batch_size = int(text_batch_size)
         self._store: Dict[tuple, Tuple[tuple, Tensor]] = {}
+        self._tokens: Dict[tuple, Tensor] = {}
         self.num_text_encoder_calls = 0
+        self.num_prompts_encoded = 0
+        self.last_prompts: List[str] = []
 
     def clear(self) -> None:
         """Forget every cached embedding (they are recomputed on next use)."""
         self._store.clear()
+
+    def tokens(self, backbone: VisionLanguageBackbone, prompts: Sequence[str]) -> Tensor:
+        """Token ids of ``prompts`` on the backbone's device, tokenised once per prompt list."""
+        key = (id(backbone), tuple(prompts))
+        ids = self._tokens.get(key)
+        if ids is None or ids.device != backbone.device:
+            ids = backbone.tokenize(list(prompts)).to(backbone.device)
+            if len(self._tokens) > 4096:
+                self._tokens.clear()
+            self._tokens[key] = ids
+        return ids
 
     def encode(
         self,
@@ -133,7 +161,9 @@ class ClassEmbeddingCache(nn.Module):
     ) -> Tensor:
         """Encode now (no cache): ``[C, D]`` normalised class embeddings."""
         prompts = render_prompts(class_names, templates)
-        ids = backbone.tokenize(prompts).to(backbone.device)
+        ids = self.tokens(backbone, prompts)
+        self.num_prompts_encoded += len(prompts)
+        self.last_prompts = prompts
         chunks = []
         for start in range(0, len(ids), self.text_batch_size):
             self.num_text_encoder_calls += 1
@@ -218,6 +248,22 @@ class _ZeroShotBase:
             return torch.tensor(self.fixed_logit_scale, device=self.backbone.device)
         return self.backbone.logit_scale_value()
 
+    def _training_step(self) -> bool:
+        return self.training and torch.is_grad_enabled()
+
+    def _templates_for_step(self, templates: Sequence[Template]) -> List[Template]:
+        """The templates of this forward: the first only during training with
+        ``train_templates="first"``, else all."""
+        templates = list(templates)
+        if getattr(self, "train_templates", "all") == "first" and self._training_step():
+            return templates[:1]
+        return templates
+
+    def _subset_embeddings(self, names: Sequence[str], templates, key) -> Tensor:
+        templates = self._templates_for_step(templates)
+        return self.embedding_cache.get(self.backbone, names, templates,
+                                        key=key + (tuple(t if isinstance(t, str) else id(t) for t in templates),))
+
     @staticmethod
     def _blank_missing(logits: Tensor, present: Optional[Tensor]) -> Tensor:
         """Rows without an image get all-zero logits (uniform prediction)."""
@@ -248,6 +294,8 @@ class ZeroShotClassifier(_ZeroShotBase, DynamicModule):
         instead of the images when present).
     :param logit_scale: fixed multiplier; default the backbone's.
     :param text_batch_size: prompts per text-encoder call.
+    :param train_templates: ``"all"`` (the template ensemble in training too) or
+        ``"first"`` (training logits from the first template, as ZSCL).
     """
 
     def __init__(
@@ -262,8 +310,10 @@ class ZeroShotClassifier(_ZeroShotBase, DynamicModule):
         feature_key: str = "image_features",
         logit_scale: Optional[float] = None,
         text_batch_size: int = 256,
+        train_templates: str = "all",
     ):
         DynamicModule.__init__(self)
+        self.train_templates = _check_train_templates(train_templates)
         self.backbone = _check_backbone(backbone)
         self.class_names = _check_names(class_names, "ZeroShotClassifier")
         self.templates = _check_templates(templates, "ZeroShotClassifier")
@@ -325,13 +375,21 @@ class ZeroShotClassifier(_ZeroShotBase, DynamicModule):
     # -- forward --------------------------------------------------------
     def class_embeddings(self) -> Tensor:
         """``[num_classes, D]`` normalised class embeddings (cached)."""
-        return self.embedding_cache.get(self.backbone, self.class_names, self.templates)
+        return self._subset_embeddings(self.class_names, self.templates, ("all", tuple(self.class_names)))
 
     def forward(self, x) -> Tensor:
         feats, present = self.image_features(x)
+        active = self.active_classes
+        if active is not None and self._training_step() and len(active) < self.num_classes:
+            # a training step needs the active classes only (the others are masked)
+            names = [self.class_names[c] for c in active]
+            weights = self._subset_embeddings(names, self.templates, ("active", tuple(names))).to(feats.device)
+            part = self.scale() * feats.float() @ weights.t()
+            logits = part.new_full((feats.shape[0], self.num_classes), self.mask_value)
+            logits[:, active] = part
+            return self._blank_missing(logits, present)
         weights = self.class_embeddings().to(feats.device)
         logits = self.scale() * feats.float() @ weights.t()
-        active = self.active_classes
         if active is not None:
             mask = torch.ones(self.num_classes, dtype=torch.bool, device=logits.device)
             mask[active] = False
@@ -369,6 +427,12 @@ class MultiTaskZeroShotClassifier(_ZeroShotBase, MultiTaskModule):
     :param feature_key: batch key of precomputed image features.
     :param logit_scale: fixed multiplier; default the backbone's.
     :param text_batch_size: prompts per text-encoder call.
+    :param train_templates: ``"all"`` or ``"first"`` (training logits from each
+        task's first template, as ZSCL).
+
+    Each task's class embeddings are computed from that task's classes only
+    (global mode included), so a training step encodes ``C_t x templates``
+    prompts and an evaluation ``sum_t C_t x templates_t`` once.
     """
 
     def __init__(
@@ -383,8 +447,10 @@ class MultiTaskZeroShotClassifier(_ZeroShotBase, MultiTaskModule):
         feature_key: str = "image_features",
         logit_scale: Optional[float] = None,
         text_batch_size: int = 256,
+        train_templates: str = "all",
     ):
         MultiTaskModule.__init__(self)
+        self.train_templates = _check_train_templates(train_templates)
         self.backbone = _check_backbone(backbone)
         self.mask_value = float(mask_value)
         self.image_key = image_key
@@ -470,8 +536,8 @@ class MultiTaskZeroShotClassifier(_ZeroShotBase, MultiTaskModule):
             self.set_task_classes(t, merged)
 
     # -- forward --------------------------------------------------------
-    def class_embeddings(self, task: int) -> Tensor:
-        """``[C_t, D]`` (per-task) or ``[N, D]`` (global) class embeddings."""
+    def task_class_names(self, task: int) -> List[str]:
+        """The class names of task ``task`` (its local order, or its global ids' order)."""
         task = int(task)
         if self.per_task_names:
             if task not in self.task_names:
@@ -479,24 +545,28 @@ class MultiTaskZeroShotClassifier(_ZeroShotBase, MultiTaskModule):
                     f"unknown task {task}: class names are known for tasks {self.tasks}. "
                     "Declare it with add_task(task, class_names)."
                 )
-            names = self.task_names[task]
-            return self.embedding_cache.get(
-                self.backbone, names, self.templates_of(task), key=("task", task, tuple(names))
+            return self.task_names[task]
+        if task not in self.task_classes:
+            raise KeyError(
+                f"unknown task {task}: classes are known for tasks {self.tasks}. Pass "
+                "task_classes= or let model adaptation see an experience of that task."
             )
-        return self.embedding_cache.get(self.backbone, self.global_names, self.templates_of(task))
+        return [self.global_names[c] for c in self.task_classes[task]]
+
+    def class_embeddings(self, task: int) -> Tensor:
+        """``[C_t, D]`` class embeddings of task ``task``'s classes (cached; in global mode
+        the rows follow ``task_classes[task]``)."""
+        task = int(task)
+        names = self.task_class_names(task)
+        return self._subset_embeddings(names, self.templates_of(task), ("task", task, tuple(names)))
 
     def _logits_for(self, feats: Tensor, task: int) -> Tensor:
         weights = self.class_embeddings(task).to(feats.device)
         logits = self.scale() * feats.float() @ weights.t()
         if not self.per_task_names:
-            if task not in self.task_classes:
-                raise KeyError(
-                    f"unknown task {task}: classes are known for tasks {self.tasks}. Pass "
-                    "task_classes= or let model adaptation see an experience of that task."
-                )
-            mask = torch.ones(logits.shape[1], dtype=torch.bool, device=logits.device)
-            mask[self.task_classes[task]] = False
-            logits = logits.masked_fill(mask, self.mask_value)
+            full = logits.new_full((logits.shape[0], len(self.global_names)), self.mask_value)
+            full[:, self.task_classes[task]] = logits
+            logits = full
         return logits
 
     def forward_single_task(self, x, task_label: int) -> Tensor:
@@ -563,6 +633,22 @@ class RetrievalHead(nn.Module):
         if self.fixed_logit_scale is not None:
             return torch.tensor(self.fixed_logit_scale, device=self.backbone.device)
         return self.backbone.logit_scale_value()
+
+    def _training_step(self) -> bool:
+        return self.training and torch.is_grad_enabled()
+
+    def _templates_for_step(self, templates: Sequence[Template]) -> List[Template]:
+        """The templates of this forward: the first only during training with
+        ``train_templates="first"``, else all."""
+        templates = list(templates)
+        if getattr(self, "train_templates", "all") == "first" and self._training_step():
+            return templates[:1]
+        return templates
+
+    def _subset_embeddings(self, names: Sequence[str], templates, key) -> Tensor:
+        templates = self._templates_for_step(templates)
+        return self.embedding_cache.get(self.backbone, names, templates,
+                                        key=key + (tuple(t if isinstance(t, str) else id(t) for t in templates),))
 
     def similarity(self, image_features: Tensor, text_features: Tensor) -> Tensor:
         """``[N_img, N_txt]`` scaled cosine similarities of (normalised) features."""

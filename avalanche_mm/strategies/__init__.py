@@ -19,6 +19,9 @@ from .er import ER  # noqa: E402
 from .mod_x import ContrastiveFineTune, ModX, ModXPlugin  # noqa: E402
 from .ctp import CTP, CTPPlugin  # noqa: E402
 
+from .icarl_clip import ICaRLCLIP, ICaRLCLIPPlugin  # noqa: E402
+from .lwf_vr import LwFVR, LwFVRPlugin  # noqa: E402
+
 __all__ += [
     "FineTune",
     "IterationSchedulePlugin",
@@ -36,6 +39,11 @@ __all__ += [
     "ModXPlugin",
     "CTP",
     "CTPPlugin",
+
+    "ICaRLCLIP",
+    "ICaRLCLIPPlugin",
+    "LwFVR",
+    "LwFVRPlugin",
 ]
 
 # audio-visual and modality-imbalance methods (issue 13)

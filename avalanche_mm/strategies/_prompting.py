@@ -157,7 +157,7 @@ _SIZES: Dict[str, Optional[Dict[str, int]]] = {}
 
 def _backbone_sizes(name: str) -> Optional[Dict[str, int]]:
     if name in _CHEAP:
-        from avalanche_mm.experiments.registry import build_clip_backbone
+        from avalanche_mm.models.build import build_clip_backbone
 
         b = build_clip_backbone({"backbone": name}, seed=0)
         return {"context_length": int(b.context_length), "image_tokens": _image_tokens(b.image_size, b),

@@ -13,7 +13,9 @@ This module also holds small helpers shared by the CLIP methods
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Mapping
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import torch
@@ -51,6 +53,58 @@ def find_backbone(model: nn.Module) -> nn.Module:
         "and encode_text, e.g. avalanche_mm.models.VisionLanguageBackbone); the CLIP methods "
         "need one."
     )
+
+
+def images_of(batch: Any, key: str = "image", *, where: str = "reference batch") -> Tensor:
+    """The image tensor of a batch: ``(x, y, ...)`` with ``x`` a modality mapping or a tensor.
+
+    :raises KeyError: when ``x`` is a mapping without ``key``.
+    :raises TypeError: when no image tensor can be found.
+    """
+    if isinstance(batch, (tuple, list)):
+        batch = batch[0]
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, Mapping):
+        if key not in batch:
+            raise KeyError(
+                f"{where}: the samples have modalities {sorted(batch.keys())}, but the image "
+                f"key {key!r} is not one of them; set image_key to the image modality."
+            )
+        return batch[key]
+    raise TypeError(
+        f"{where}: cannot find images in a batch of type {type(batch).__name__}; give a tensor "
+        "[N, 3, H, W] or samples (x, ...) with x a tensor or a modality dict."
+    )
+
+
+#: attribute names of non-module helpers that copies of a model share instead of copying
+SHARED_ATTRIBUTES = ("tokenizer", "_tokenizer", "preprocess_train", "preprocess_eval")
+
+
+def copy_module(module: nn.Module) -> nn.Module:
+    """``copy.deepcopy(module)`` that shares tokenizers and preprocessors with the original.
+
+    A teacher or snapshot copy only needs the weights; deep-copying the BPE
+    tokenizer (its vocabulary and merge tables) costs most of a copy's time.
+    Attributes named in :data:`SHARED_ATTRIBUTES` of every submodule are
+    shared by reference (they are read-only helpers).
+    """
+    memo: Dict[int, Any] = {}
+    for m in module.modules():
+        for name in SHARED_ATTRIBUTES:
+            obj = m.__dict__.get(name)
+            if obj is not None and not isinstance(obj, (Tensor, nn.Module)):
+                memo[id(obj)] = obj
+    return copy.deepcopy(module, memo)
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``module`` (see :func:`copy_module`) with no parameter requiring grad."""
+    out = copy_module(module).eval()
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out
 
 
 def logit_scale_of(backbone: nn.Module) -> Tensor:
@@ -258,6 +312,52 @@ class IterationSchedulePlugin(SupervisedPlugin):
         strategy._stop_training = False
 
 
+def _fast_path(params: Sequence[Any]) -> Dict[str, Any]:
+    """``fused=True`` when every parameter is a floating tensor on a device with a fused
+    kernel (CUDA, and CPU from PyTorch 2.4), else ``foreach=True`` (multi-tensor path)."""
+    tensors: List[Tensor] = []
+    for p in params:
+        if isinstance(p, dict):
+            tensors.extend(p.get("params", []))
+        else:
+            tensors.append(p)
+    ok = bool(tensors) and all(isinstance(t, Tensor) and t.is_floating_point() for t in tensors)
+    devices = {t.device.type for t in tensors} if ok else set()
+    fused_devices = {"cuda", "cpu"} if _cpu_fused_supported() else {"cuda"}
+    if ok and len(devices) == 1 and devices <= fused_devices:
+        return {"fused": True}
+    return {"foreach": True} if ok else {}
+
+
+def _cpu_fused_supported() -> bool:
+    try:
+        major, minor = (int(v) for v in torch.__version__.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (2, 4)
+
+
+def track_parameter_versions(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Make every ``optimizer.step()`` bump its parameters' in-place version counters.
+
+    The fused Adam/AdamW kernels update parameters without bumping ``param._version``
+    (PyTorch <= 2.14), and the zero-shot heads decide from those counters when cached
+    class embeddings are stale (:meth:`VisionLanguageBackbone.text_state_key`): without
+    this hook, evaluation after training would use text embeddings of the old weights.
+    :func:`make_clip_optimizer` applies it to fused optimizers; apply it to a fused
+    optimizer you build yourself. Returns the optimizer.
+    """
+    from torch.autograd.graph import increment_version
+
+    def bump(opt, args, kwargs):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                increment_version(p)
+
+    optimizer.register_step_post_hook(bump)
+    return optimizer
+
+
 def make_clip_optimizer(
     model: nn.Module,
     *,
@@ -274,16 +374,23 @@ def make_clip_optimizer(
     :param name: ``"adamw"``, ``"adam"`` or ``"sgd"``.
     :param params: the parameters (or parameter groups) to optimise instead of
         the model's trainable parameters.
+
+    The fused kernel is used where the parameters' device has one (CUDA; CPU
+    from PyTorch 2.4), the multi-tensor (``foreach``) path otherwise. A
+    fused optimizer must see the parameters on the device they train on:
+    build it after moving the model, as the runner does.
     """
     params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     if not params:
         params = list(model.parameters())[:1]
+    fast = _fast_path(params)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+        return track_parameter_versions(torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), **fast))
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+        return track_parameter_versions(torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), **fast))
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                               foreach=bool(fast) or None)
     raise ValueError(f"optimizer name must be 'adamw', 'adam' or 'sgd', got {name!r}.")
 
 
@@ -339,6 +446,10 @@ class FineTune(MultimodalSupervisedTemplate):
 
 __all__ = [
     "find_backbone",
+    "images_of",
+    "copy_module",
+    "frozen_copy",
+    "SHARED_ATTRIBUTES",
     "logit_scale_of",
     "distillation_loss",
     "MaskedCrossEntropyLoss",

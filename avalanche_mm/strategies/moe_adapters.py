@@ -698,7 +698,8 @@ class DDASRouting(PluginMetric[Dict[str, float]]):
         return dict(self._last)
 
     def after_eval_exp(self, strategy) -> List[Any]:
-        from avalanche_mm.metrics._utils import exp_metric_name, make_value
+        from avalanche.evaluation.metric_results import MetricValue
+        from avalanche.evaluation.metric_utils import get_metric_name
 
         fr = self.plugin.route_fractions()
         if not fr:
@@ -713,7 +714,8 @@ class DDASRouting(PluginMetric[Dict[str, float]]):
         if task in self.plugin.trained_tasks:
             out["DDAS_OwnTask_Exp"] = fr.get(self.plugin._router_of(task) if self.plugin.routers == "shared" else task, 0.0)
         self._last = out
-        return [make_value(self, exp_metric_name(k, strategy), v, strategy) for k, v in out.items()]
+        x = strategy.clock.train_iterations
+        return [MetricValue(self, get_metric_name(k, strategy, add_experience=True, add_task=True), v, x) for k, v in out.items()]
 
     def state_dict(self) -> Dict[str, Any]:
         return {}
@@ -817,14 +819,13 @@ class MoEAdapters(FineTune):
         self._add_metrics()
 
     def _add_metrics(self) -> None:
-        from avalanche_mm.metrics import ParameterCount
-
+        """The DDAS routing metric joins the evaluator. Parameter counts come from
+        :class:`~avalanche_mm.metrics.ParameterCount` (config: ``evaluation.metrics.parameters``),
+        which asks this strategy's plugin for its share (``parameter_counts``)."""
         evaluator = getattr(self, "evaluator", None)
         metrics = getattr(evaluator, "metrics", None)
         if metrics is None:
             return
-        if not any(isinstance(m, ParameterCount) for m in metrics):
-            metrics.append(ParameterCount(counter=self.moe_plugin.parameter_counts))
         if self.moe_plugin.use_ddas:
             metrics.append(DDASRouting(self.moe_plugin))
 

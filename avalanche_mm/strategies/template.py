@@ -14,8 +14,8 @@ and every strategy built on it) accept multimodal inputs:
 - under ``torchrun`` (a process group of several ranks, see
   :mod:`avalanche_mm.distributed`) gradients are averaged over the ranks before
   each optimizer step (weighted by the ranks' minibatch sizes: the gradient of
-  the global batch's mean loss), random states are aligned before the
-  end-of-experience callbacks, replicas are verified after each experience,
+  the global batch's mean loss), random generators are reseeded identically
+  before the end-of-experience callbacks, replicas are verified after each experience,
   and evaluation loaders are not sharded (each rank evaluates the whole
   stream, so metrics are exact). ``train_mb_size`` is per process, as in
   Avalanche's own distributed mode.
@@ -138,11 +138,11 @@ class MultimodalTemplateMixin:
         return True
 
     def _after_training_exp(self, **kwargs):
-        if not _dist.is_distributed():
+        if not _dist.in_process_group():
             return super()._after_training_exp(**kwargs)
-        _dist.align_rng()
-        super()._after_training_exp(**kwargs)
         exp = getattr(self.experience, "current_experience", "?")
+        _dist.align_rng("after_training_exp", exp)
+        super()._after_training_exp(**kwargs)
         _dist.check_replicas_equal(self.model, where=f"after training experience {exp}")
 
     # -- dict-aware helpers ----------------------------------------------------

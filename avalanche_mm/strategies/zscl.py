@@ -15,9 +15,29 @@ Both CLIP towers are fine-tuned on each task with three additions:
    formula reads.
 2. **Parameter-space L2** to the weights at the start of the current task:
    ``l2_weight * sum ||theta - theta_start||^2``.
-3. **Weight ensemble (WE).** Every ``we_every`` iterations the running average
-   ``theta_bar <- (n * theta_bar + theta) / (n + 1)`` is updated; the averaged
-   weights are the model kept after the task.
+3. **Weight ensemble (WE).** The running average
+   ``theta_bar <- (n * theta_bar + theta) / (n + 1)`` of weight snapshots is the
+   model kept after the task. ``we_mode="code"`` (default) is the released code
+   (``merge_we`` in ``mtil/src/models/helpers.py``): the average starts from the
+   task-start weights (``we_model = deepcopy(model)``, ``n = 0``) and merges after
+   iteration 0 and after every ``we_every``-th iteration; its loop runs
+   ``iterations + 1`` steps, the last one at learning rate 0, so its final merge
+   (iteration ``iterations``) takes the trained weights: here the end-of-task
+   weights are merged when ``iterations`` is a multiple of ``we_every``. With
+   1000 iterations and ``we_every=100``: 12 snapshots (task start, after steps
+   1, 101, ..., 901, and the final weights). ``we_mode="periodic"`` averages
+   the snapshots after steps ``we_every, 2 we_every, ...`` only (10 snapshots).
+
+The teacher's work is done once: its features of the reference sentences once
+per task (the teacher is frozen). Optionally its reference-image features too:
+``precompute_teacher_images`` encodes the whole (tensor) reference set once,
+in fixed chunks, before the first task; ``cache_teacher_images`` keeps each
+image's features the first time it is drawn (an index-addressed cache). The
+frozen teacher in eval mode gives the same features to float precision, but a
+feature computed in a different batch can differ in the last bits, so the lazy
+cache makes a resumed run differ from an uninterrupted one in the last digits;
+precomputation (canonical chunks) does not. Both are off by default (the
+released code's teacher forward on every iteration).
 
 :class:`ZSCLPlugin` holds the three mechanisms (each can be switched off
 with a zero weight / period); :class:`ZSCL` is continual fine-tuning with it.
@@ -25,14 +45,15 @@ with a zero weight / period); :class:`ZSCL` is continual fine-tuning with it.
 
 from __future__ import annotations
 
-import copy
 import zlib
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Annotated, Any, Dict, Iterator, List, Literal, Optional, Sequence, Union
 
 import torch
 from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+
+from avalanche_mm.registry import Range
 
 from .finetune import (
     FineTune,
@@ -40,28 +61,39 @@ from .finetune import (
     _check_positive_int,
     distillation_loss,
     find_backbone,
+    frozen_copy,
+    images_of,
     logit_scale_of,
     trainable_state,
 )
 
+WE_MODES = ("code", "periodic")
+
 
 def _images_of(batch: Any, key: str) -> Tensor:
-    """The image tensor of a reference batch: ``(x, y, ...)``, ``x`` dict or tensor."""
-    if isinstance(batch, (tuple, list)):
-        batch = batch[0]
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, dict):
-        if key not in batch:
-            raise KeyError(
-                f"ZSCLPlugin: reference samples have modalities {sorted(batch)}, but "
-                f"image_key={key!r} is not one of them."
-            )
-        return batch[key]
-    raise TypeError(
-        f"ZSCLPlugin: cannot find images in a reference batch of type {type(batch).__name__}; "
-        "give a tensor [N, 3, H, W] or a dataset of (x, ...) samples with x a tensor or a dict."
-    )
+    """The image tensor of a reference batch: ``(x, y, ...)``, ``x`` mapping or tensor."""
+    return images_of(batch, key, where="ZSCLPlugin")
+
+
+class _Indexed(Dataset):
+    """``dataset[i] -> (dataset[i], i)`` so that a loader's batches carry their indices."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.collate = getattr(dataset, "collate_fn", None)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.dataset[i], i
+
+    def collate_fn(self, items):
+        from torch.utils.data import default_collate
+
+        samples = [s for s, _ in items]
+        batch = self.collate(samples) if self.collate is not None else default_collate(samples)
+        return batch, torch.as_tensor([i for _, i in items], dtype=torch.long)
 
 
 def _stable_seed(*parts) -> int:
@@ -82,6 +114,16 @@ class ZSCLPlugin(SupervisedPlugin):
     :param temperature: distillation temperature ``T``.
     :param l2_weight: weight of the L2 term to the task's starting weights (0 disables it).
     :param we_every: weight-ensemble period in iterations (0 disables WE).
+    :param we_mode: ``"code"`` (released code: task start, iteration 0, every
+        ``we_every``, end) or ``"periodic"`` (snapshots ``we_every, 2 we_every, ...``).
+    :param cache_teacher_images: keep the teacher's features of each reference
+        image after its first use (the teacher is frozen).
+    :param precompute_teacher_images: encode the whole reference set (a tensor)
+        with the teacher once, before the first task.
+    :param fused_forward: encode the reference images with the training images in
+        one student forward (the same features and gradients; one pass instead of two).
+    :param fast_l2: compute the L2 term without autograd and add its gradient
+        ``2 w (theta - theta_start)`` after the backward pass (same value and gradient).
     :param ref_batch_size: reference images per iteration.
     :param ref_text_batch_size: reference sentences per iteration (None: all).
     :param text_features: ``"teacher"`` (released code) or ``"student"`` (paper formula).
@@ -101,6 +143,11 @@ class ZSCLPlugin(SupervisedPlugin):
         temperature: float = 2.0,
         l2_weight: float = 1.0,
         we_every: int = 100,
+        we_mode: str = "code",
+        cache_teacher_images: bool = False,
+        precompute_teacher_images: bool = False,
+        fused_forward: bool = True,
+        fast_l2: bool = True,
         ref_batch_size: int = 64,
         ref_text_batch_size: Optional[int] = None,
         text_features: str = "teacher",
@@ -109,6 +156,8 @@ class ZSCLPlugin(SupervisedPlugin):
         seed: int = 0,
     ):
         super().__init__()
+        if we_mode not in WE_MODES:
+            raise ValueError(f"we_mode must be one of {WE_MODES}, got {we_mode!r}.")
         for name, value in (("image_weight", image_weight), ("text_weight", text_weight),
                             ("l2_weight", l2_weight), ("temperature", temperature)):
             _check_number(name, value)
@@ -136,6 +185,15 @@ class ZSCLPlugin(SupervisedPlugin):
         self.temperature = float(temperature)
         self.l2_weight = float(l2_weight)
         self.we_every = int(we_every)
+        self.we_mode = we_mode
+        self.cache_teacher_images = bool(cache_teacher_images) or bool(precompute_teacher_images)
+        self.precompute_teacher_images = bool(precompute_teacher_images)
+        self.fused_forward = bool(fused_forward)
+        self.fast_l2 = bool(fast_l2)
+        self._pending = None
+        self._s_ref: Optional[Tensor] = None
+        self._fused_backbone = None
+        self._l2_diffs = None
         self.ref_batch_size = int(ref_batch_size)
         self.ref_text_batch_size = ref_text_batch_size
         self.text_features = text_features
@@ -154,6 +212,10 @@ class ZSCLPlugin(SupervisedPlugin):
         self._generator: Optional[torch.Generator] = None
         self._tokens: Optional[Tensor] = None
         self._teacher_text: Optional[Tensor] = None
+        self._t_img: Optional[Tensor] = None  # [N, D] teacher features of the reference images
+        self._t_img_known: Optional[Tensor] = None  # [N] bool
+        self.num_teacher_image_encodings = 0
+        self.total_iterations: Optional[int] = None
 
     # -- setup -----------------------------------------------------------------
     def _freeze_teacher(self) -> None:
@@ -163,17 +225,23 @@ class ZSCLPlugin(SupervisedPlugin):
 
     def before_training_exp(self, strategy, **kwargs):
         if self.teacher is None:
-            self.teacher = copy.deepcopy(find_backbone(strategy.model))
-            self._freeze_teacher()
+            self.teacher = frozen_copy(find_backbone(strategy.model))
         self.teacher.to(strategy.device)
+        if self.precompute_teacher_images and isinstance(self.reference_images, Tensor):
+            self.encode_all_reference_images(strategy.device)
         exp_id = int(strategy.experience.current_experience)
         self._generator = torch.Generator().manual_seed(_stable_seed(self.seed, exp_id))
         self._ref_iter = None
         self.start_weights = trainable_state(strategy.model) if self.l2_weight > 0 else {}
         self.we_weights = {}
         self.we_count = 0
+        if self.we_every and self.we_mode == "code":
+            # the released code's we_model = deepcopy(model), we_n = 0: the task start is a snapshot
+            self.we_weights = trainable_state(strategy.model)
+            self.we_count = 1
         self.iteration = 0
-        self._teacher_text = None
+        sched = getattr(strategy, "schedule_plugin", None)
+        self.total_iterations = getattr(sched, "iterations", None)
 
     def _texts(self, device) -> Tensor:
         if self._tokens is None:
@@ -183,27 +251,61 @@ class ZSCLPlugin(SupervisedPlugin):
                 self._tokens = find_backbone(self.teacher).tokenize(list(self.reference_texts))
         return self._tokens.to(device)
 
-    def _next_images(self, device) -> Tensor:
+    def _next_images(self, device):
+        """``(images, indices)`` of the next reference batch."""
         ref = self.reference_images
         if isinstance(ref, Tensor):
             idx = torch.randint(len(ref), (min(self.ref_batch_size, len(ref)),), generator=self._generator)
-            return ref[idx].to(device)
+            return ref[idx].to(device), idx
         if self._ref_iter is None:
             self._ref_iter = self._cycle(ref)
-        return _images_of(next(self._ref_iter), self.image_key).to(device)
+        batch, idx = next(self._ref_iter)
+        return _images_of(batch, self.image_key).to(device), idx
 
     def _cycle(self, dataset) -> Iterator:
         bs = min(self.ref_batch_size, len(dataset))
+        indexed = _Indexed(dataset)
         while True:
             loader = DataLoader(
-                dataset,
+                indexed,
                 batch_size=bs,
                 shuffle=True,
                 drop_last=True,
                 generator=self._generator,
-                collate_fn=getattr(dataset, "collate_fn", None),
+                collate_fn=indexed.collate_fn,
             )
             yield from loader
+
+    def encode_all_reference_images(self, device, batch_size: int = 256) -> None:
+        """Fill the teacher-feature cache for every reference image not encoded yet."""
+        n = len(self.reference_images)
+        known = self._t_img_known
+        todo = torch.arange(n) if known is None else (~known).nonzero().flatten()
+        with torch.no_grad():
+            for s in range(0, len(todo), batch_size):
+                idx = todo[s : s + batch_size]
+                self.teacher_image_features(self.reference_images[idx].to(device), idx)
+
+    def teacher_image_features(self, images: Tensor, indices: Tensor) -> Tensor:
+        """The teacher's features of reference images (cached by index when enabled)."""
+        if not self.cache_teacher_images:
+            self.num_teacher_image_encodings += len(images)
+            return self.teacher.encode_image(images)
+        n = len(self.reference_images)
+        if self._t_img_known is None:
+            self._t_img_known = torch.zeros(n, dtype=torch.bool)
+        unique = torch.unique(indices)
+        todo = unique[~self._t_img_known[unique]]
+        if len(todo):
+            pos = {int(i): k for k, i in enumerate(indices.tolist())}
+            rows = torch.as_tensor([pos[int(i)] for i in todo], device=images.device)
+            feats = self.teacher.encode_image(images.index_select(0, rows))
+            self.num_teacher_image_encodings += len(todo)
+            if self._t_img is None:
+                self._t_img = feats.new_zeros(n, feats.shape[1])
+            self._t_img[todo.to(self._t_img.device)] = feats.to(self._t_img.dtype)
+            self._t_img_known[todo] = True
+        return self._t_img[indices.to(self._t_img.device)]
 
     # -- the losses --------------------------------------------------------------
     def distillation(self, strategy) -> Dict[str, Tensor]:
@@ -211,18 +313,22 @@ class ZSCLPlugin(SupervisedPlugin):
         device = strategy.device
         student = find_backbone(strategy.model)
         teacher = self.teacher
-        images = self._next_images(device)
+        if self._pending is not None:
+            images, indices = self._pending
+        else:
+            images, indices = self._next_images(device)
+        s_img_fused, self._pending, self._s_ref = self._s_ref, None, None
         tokens = self._texts(device)
         with torch.no_grad():
             if self._teacher_text is None:
                 self._teacher_text = teacher.encode_text(tokens)
-            t_img = teacher.encode_image(images)
+            t_img = self.teacher_image_features(images, indices)
             t_scale = logit_scale_of(teacher)
         sel = None
         if self.ref_text_batch_size is not None and self.ref_text_batch_size < len(tokens):
             sel = torch.randperm(len(tokens), generator=self._generator)[: self.ref_text_batch_size].to(device)
         t_txt = self._teacher_text if sel is None else self._teacher_text[sel]
-        s_img = student.encode_image(images)
+        s_img = s_img_fused if s_img_fused is not None else student.encode_image(images)
         if self.text_features == "student":
             s_txt = student.encode_text(tokens if sel is None else tokens[sel])
         else:
@@ -246,6 +352,50 @@ class ZSCLPlugin(SupervisedPlugin):
             return torch.zeros((), device=next(model.parameters()).device)
         return torch.stack(terms).sum()
 
+    # -- one student forward for the training and the reference images ---------------
+    def before_forward(self, strategy, **kwargs):
+        if not self.fused_forward or not (self.image_weight > 0 or self.text_weight > 0):
+            return
+        self._pending = self._next_images(strategy.device)
+        self._s_ref = None
+        backbone = find_backbone(strategy.model)
+        original = backbone.encode_image
+        ref = self._pending[0]
+        plugin = self
+
+        def fused(images, normalize: bool = True):
+            backbone.__dict__.pop("encode_image", None)  # one call only
+            if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1:] != ref.shape[1:]:
+                return original(images, normalize)
+            out = original(torch.cat([images, ref.to(images.device, images.dtype)]), normalize)
+            plugin._s_ref = out[images.shape[0]:]
+            return out[: images.shape[0]]
+
+        backbone.__dict__["encode_image"] = fused
+        self._fused_backbone = backbone
+
+    def after_forward(self, strategy, **kwargs):
+        backbone = getattr(self, "_fused_backbone", None)
+        if backbone is not None:  # the head did not encode images (e.g. cached features)
+            backbone.__dict__.pop("encode_image", None)
+            self._fused_backbone = None
+
+    # -- the penalty terms ---------------------------------------------------------------
+    def _l2_direct(self, model: nn.Module) -> Tensor:
+        """``sum ||theta - theta_start||^2`` without autograd; keeps ``theta - theta_start``
+        for :meth:`after_backward`, which adds its gradient ``2 w (theta - theta_start)``."""
+        pairs = [(p, self.start_weights[n]) for n, p in model.named_parameters() if n in self.start_weights]
+        if not pairs:
+            self._l2_diffs = None
+            return torch.zeros((), device=next(model.parameters()).device)
+        params = [p for p, _ in pairs]
+        with torch.no_grad():
+            diffs = torch._foreach_sub([p.detach() for p in params], [s.to(p.device) for p, s in pairs])
+            norms = torch._foreach_norm(diffs)
+            value = torch.stack([n.float() for n in norms]).pow(2).sum()
+        self._l2_diffs = (params, diffs)
+        return value
+
     def before_backward(self, strategy, **kwargs):
         losses: Dict[str, Tensor] = {}
         if self.image_weight > 0 or self.text_weight > 0:
@@ -254,30 +404,63 @@ class ZSCLPlugin(SupervisedPlugin):
                 losses["image"] = self.image_weight * d["image"]
             if self.text_weight > 0:
                 losses["text"] = self.text_weight * d["text"]
+        self._l2_diffs = None
         if self.l2_weight > 0:
-            losses["l2"] = self.l2_weight * self.l2_penalty(strategy.model)
+            if self.fast_l2:
+                losses["l2"] = self.l2_weight * self._l2_direct(strategy.model)  # value only; grad below
+            else:
+                losses["l2"] = self.l2_weight * self.l2_penalty(strategy.model)
         for value in losses.values():
             strategy.loss = strategy.loss + value
         self.last_losses = {k: float(v.detach()) for k, v in losses.items()}
 
+    def after_backward(self, strategy, **kwargs):
+        if self._l2_diffs is None:
+            return
+        params, diffs = self._l2_diffs
+        self._l2_diffs = None
+        with torch.no_grad():
+            with_grad = [(p, d) for p, d in zip(params, diffs) if p.grad is not None]
+            if with_grad:
+                torch._foreach_add_([p.grad for p, _ in with_grad], [d for _, d in with_grad],
+                                    alpha=2.0 * self.l2_weight)
+            for p, d in zip(params, diffs):
+                if p.grad is None:
+                    p.grad = d.mul(2.0 * self.l2_weight).to(p.dtype)
+
     # -- weight ensemble -----------------------------------------------------------
+    def _merge(self, model: nn.Module) -> None:
+        """``theta_bar <- (n theta_bar + theta) / (n + 1)`` (``merge_we`` of the released code)."""
+        n = self.we_count  # snapshots already in the average
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if not p.requires_grad:
+                    continue
+                avg = self.we_weights.get(name)
+                if avg is None or n == 0:
+                    self.we_weights[name] = p.detach().clone()
+                else:
+                    avg.mul_(n / (n + 1.0)).add_(p.detach(), alpha=1.0 / (n + 1.0))
+        self.we_count += 1
+
     def after_training_iteration(self, strategy, **kwargs):
+        step = self.iteration  # 0-based index of the step just taken
         self.iteration += 1
-        if self.we_every and self.iteration % self.we_every == 0:
-            self.we_count += 1
-            n = self.we_count
-            with torch.no_grad():
-                for name, p in strategy.model.named_parameters():
-                    if not p.requires_grad:
-                        continue
-                    if name not in self.we_weights:
-                        self.we_weights[name] = p.detach().clone()
-                    else:
-                        avg = self.we_weights[name]
-                        avg.mul_((n - 1) / n).add_(p.detach(), alpha=1.0 / n)
+        if not self.we_every:
+            return
+        if self.we_mode == "code":
+            if step % self.we_every == 0:
+                self._merge(strategy.model)
+        elif self.iteration % self.we_every == 0:
+            self._merge(strategy.model)
 
     def after_training_exp(self, strategy, **kwargs):
-        if self.we_every and self.we_count > 0:
+        if (self.we_every and self.we_mode == "code" and self.total_iterations
+                and self.total_iterations % self.we_every == 0 and self.iteration == self.total_iterations):
+            # the released loop's iteration `iterations` (lr 0) merges the trained weights
+            self._merge(strategy.model)
+        merged = self.we_count > (1 if self.we_mode == "code" else 0)
+        if self.we_every and merged:
             with torch.no_grad():
                 for name, p in strategy.model.named_parameters():
                     if name in self.we_weights:
@@ -304,10 +487,11 @@ class ZSCLPlugin(SupervisedPlugin):
                     "ZSCLPlugin.load_state_dict: the plugin has no teacher module yet; pass "
                     "model= (the strategy's model) so that one can be built."
                 )
-            self.teacher = copy.deepcopy(find_backbone(model))
+            self.teacher = frozen_copy(find_backbone(model))
         self.teacher.load_state_dict(teacher_state)
         self._freeze_teacher()
         self._teacher_text = None
+        self._t_img = self._t_img_known = None
 
 
 class ZSCL(FineTune):
@@ -320,6 +504,12 @@ class ZSCL(FineTune):
     :param temperature: distillation temperature (2 in the paper).
     :param l2_weight: weight of the L2 term to the task's starting weights (1 in the paper).
     :param we_every: weight-ensemble period in iterations (100 in the paper).
+    :param we_mode: ``"code"`` (released code: the task start and iteration 0 are
+        snapshots) or ``"periodic"`` (snapshots every ``we_every`` iterations only).
+    :param cache_teacher_images: cache the frozen teacher's reference-image features by index.
+    :param precompute_teacher_images: encode the whole reference set with the teacher before the first task.
+    :param fused_forward: one student image forward for the training and reference images.
+    :param fast_l2: the L2 gradient added directly instead of through autograd.
     :param ref_batch_size: reference images per iteration (the training batch size in the paper).
     :param ref_text_batch_size: reference sentences per iteration (None: all).
     :param text_features: ``"teacher"`` (released code) or ``"student"``.
@@ -338,6 +528,11 @@ class ZSCL(FineTune):
         temperature: Annotated[float, Range(gt=0.0)] = 2.0,
         l2_weight: Annotated[float, Range(ge=0.0)] = 1.0,
         we_every: Annotated[int, Range(ge=0)] = 100,
+        we_mode: Literal["code", "periodic"] = "code",
+        cache_teacher_images: bool = False,
+        precompute_teacher_images: bool = False,
+        fused_forward: bool = True,
+        fast_l2: bool = True,
         ref_batch_size: Annotated[int, Range(ge=1)] = 64,
         ref_text_batch_size: Optional[Annotated[int, Range(ge=1)]] = None,
         text_features: Literal["teacher", "student"] = "teacher",
@@ -354,24 +549,27 @@ class ZSCL(FineTune):
             temperature=temperature,
             l2_weight=l2_weight,
             we_every=we_every,
+            we_mode=we_mode,
+            cache_teacher_images=cache_teacher_images,
+            precompute_teacher_images=precompute_teacher_images,
+            fused_forward=fused_forward,
+            fast_l2=fast_l2,
             ref_batch_size=ref_batch_size,
             ref_text_batch_size=ref_text_batch_size,
             text_features=text_features,
             teacher=teacher,
             seed=seed,
         )
-        super().__init__(plugins=list(plugins or []) + [self.zscl_plugin], **base_kwargs)
+        # first, so that later plugins see the complete gradient (the L2 part is added in after_backward)
+        super().__init__(plugins=[self.zscl_plugin] + list(plugins or []), **base_kwargs)
 
 
-__all__ = ["ZSCLPlugin", "ZSCL"]
+__all__ = ["ZSCLPlugin", "ZSCL", "WE_MODES"]
 
 
 # ---------------------------------------------------------------------------
 # registration (config name "zscl"; parameters from ZSCL's signature)
 # ---------------------------------------------------------------------------
-from typing import Annotated, Literal  # noqa: E402  (used by the annotations above)
-
-from avalanche_mm.registry import Range  # noqa: E402
 from avalanche_mm.schema import Opt  # noqa: E402
 from avalanche_mm.strategies.registry import BuildContext, CheckContext, register_method  # noqa: E402
 
@@ -441,6 +639,11 @@ def _build_zscl(ctx: BuildContext, p: dict):
         temperature=p["temperature"],
         l2_weight=p["l2_weight"],
         we_every=p["we_every"],
+        we_mode=p["we_mode"],
+        cache_teacher_images=p["cache_teacher_images"],
+        precompute_teacher_images=p["precompute_teacher_images"],
+        fused_forward=p["fused_forward"],
+        fast_l2=p["fast_l2"],
         ref_batch_size=p["ref_batch_size"] or ctx.training["batch_size"],
         ref_text_batch_size=p["ref_text_batch_size"],
         text_features=p["text_features"],

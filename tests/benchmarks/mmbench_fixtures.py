@@ -37,6 +37,8 @@ def write_aircraft(root):
     cls = ["707-320", "A300B4"]
     text(base / "images_variant_trainval.txt",
          "".join(f"{i:07d} {cls[i % 2]}\n" for i in range(1, 5)))
+    text(base / "images_variant_train.txt",  # ZSCL trains on `train` (a subset of trainval)
+         "".join(f"{i:07d} {cls[i % 2]}\n" for i in range(1, 4)))
     text(base / "images_variant_test.txt", "".join(f"{i:07d} {cls[i % 2]}\n" for i in (5, 6)))
 
 

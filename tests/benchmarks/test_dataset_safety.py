@@ -134,3 +134,17 @@ def test_guarded_torchvision_checks_md5_and_refuses_unverifiable(tmp_path, monke
         with pytest.raises(UnsafeArchiveError):
             tvu.extract_archive(str(evil), str(tmp_path / "e"))
     assert tvu.download_url is _safety._ORIGINAL["download_url"] or tvu.download_url.__name__ == "download_url"
+
+
+def test_cifar_pickles_checked_against_published_md5(tmp_path):
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from mmbench_fixtures import write_cifar100_pickles
+
+    from avalanche_mm.benchmarks.datasets.cifar import read_cifar100
+
+    write_cifar100_pickles(tmp_path)
+    with pytest.raises(DatasetFormatError, match="checksum mismatch.*verify_checksums=False"):
+        read_cifar100(tmp_path)
+    assert len(read_cifar100(tmp_path, verify_checksums=False)[1]) == 8

@@ -82,3 +82,49 @@ def test_infer_specs_detects_variable_axes():
     assert not specs["f"].variable
     with pytest.raises(ValueError, match="incompatible"):
         infer_specs([{"t": torch.ones(2, 5)}, {"t": torch.ones(3, 5)}])
+
+
+def _rowwise_reference(xs, name, pad=0):
+    vals = [x[name] for x in xs]
+    real = [v for v in vals if v is not None]
+    longest = max(v.shape[-1] for v in real)
+    out = torch.full((len(vals), *real[0].shape[:-1], longest), pad, dtype=real[0].dtype)
+    for i, v in enumerate(vals):
+        if v is not None:
+            out[i, ..., : v.shape[-1]] = v
+    return out
+
+
+def test_vectorised_collate_equals_the_row_by_row_result():
+    import torch
+
+    from avalanche_mm.data.collate import MultimodalCollate
+
+    g = torch.Generator().manual_seed(0)
+    xs = [{"image": torch.randn(3, 4, 4, generator=g),
+           "audio": torch.randn(2, int(torch.randint(3, 9, (1,), generator=g)), generator=g),
+           "text": None if i == 2 else torch.randint(1, 50, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g)}
+          for i in range(6)]
+    batch = MultimodalCollate().collate_x(xs)
+    assert torch.equal(batch["image"], torch.stack([x["image"] for x in xs]))
+    assert torch.equal(batch["audio"], _rowwise_reference(xs, "audio"))
+    assert torch.equal(batch["text"], _rowwise_reference(xs, "text"))
+    assert batch.lengths["text"].tolist() == [0 if x["text"] is None else len(x["text"]) for x in xs]
+    assert batch.present["text"].tolist() == [True, True, False, True, True, True]
+
+
+def test_check_finite_names_the_sample_and_the_modality():
+    import pytest
+    import torch
+
+    from avalanche_mm.data.collate import MultimodalCollate, NonFiniteValueError
+
+    xs = [({"image": torch.zeros(2), "audio": torch.zeros(3)}, 0, 0) for _ in range(4)]
+    xs[2][0]["audio"][1] = float("nan")
+    MultimodalCollate()(xs)  # off by default
+    with pytest.raises(NonFiniteValueError, match=r"sample 2 of the batch, modality 'audio': 1 NaN"):
+        MultimodalCollate(check_finite=True)(xs)
+    xs[2][0]["audio"][1] = 0.0
+    xs[3][0]["image"][0] = float("inf")
+    with pytest.raises(NonFiniteValueError, match=r"sample 3 of the batch, modality 'image': 1 Inf"):
+        MultimodalCollate(check_finite=True)(xs)

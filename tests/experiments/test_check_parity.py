@@ -45,7 +45,7 @@ CASES = {
     ),
     "unknown fusion model": (
         _with(FUSION_TOY, model={"kind": "fusion", "name": "fusoin"}),
-        "studies.main.model.name: got 'fusoin', expected one of fusion, toy-fusion (did you mean 'fusion'?)",
+        "studies.main.model.name: got 'fusoin', expected one of av-cil, fusion, toy-fusion (did you mean 'fusion'?)",
         "studies.main.model.name=toy-fusion",
     ),
     "freeze matching no parameter": (

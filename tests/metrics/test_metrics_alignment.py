@@ -185,3 +185,29 @@ def test_inter_modal_deviation_is_zero_for_identical_models_with_few_probe_pairs
     # rotating only the text modality is a deviation
     q, _ = torch.linalg.qr(torch.randn(64, 64, generator=g))
     assert inter_modal_deviation(img, img, txt, txt @ q) > 10.0
+
+
+def test_small_decompositions_run_on_one_thread_and_restore_the_count(monkeypatch):
+    """Probe-sized SVDs run single-threaded (multi-threaded LAPACK stalls when cores are shared)."""
+    import torch
+
+    from avalanche_mm.metrics.functional import alignment as A
+
+    seen = []
+    real_svd = torch.linalg.svd
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_svd(*args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "svd", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(40, 8, generator=g, dtype=torch.float64)
+        angle = A.intra_modal_rotation(x, x + 0.01 * torch.randn(40, 8, generator=g, dtype=torch.float64))
+        assert angle >= 0 and seen and all(n == 1 for n in seen)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -94,7 +94,7 @@ def test_clip_lwf_distils_the_task_start_model(setup):
 
 def test_clip_lwf_penalty_restricts_to_current_classes(setup):
     bundle, model = setup
-    plug = CLIPLwFPlugin(alpha=1.0)
+    plug = CLIPLwFPlugin(alpha=1.0, mode="minibatch")
     with pytest.raises(ValueError, match="temperature"):
         CLIPLwFPlugin(temperature=0)
     from types import SimpleNamespace
@@ -122,3 +122,97 @@ def test_masked_cross_entropy_ignores_masked_columns():
     masked = torch.cat([logits, torch.full((5, 3), -1e4)], 1)  # 3 columns of other tasks
     assert torch.allclose(MaskedCrossEntropyLoss(label_smoothing=0.2)(masked, y), ref, atol=1e-5)
     assert torch.nn.functional.cross_entropy(masked, y, label_smoothing=0.2) > 100  # the stock loss explodes
+
+
+def _released_distillation(t, s, T=2):
+    """ZSCL's ``distillation`` (mtil/src/models/helpers.py)."""
+    p = torch.softmax(t / T, dim=1)
+    return torch.nn.functional.cross_entropy(s / T, p, reduction="mean") * (T ** 2)
+
+
+def test_clip_lwf_default_is_zscl_released_lwf(setup):
+    """Default LwF = ZSCL's lwf.sh: separate batch of the current task, first template, teacher
+    text features, teacher = task-start model, both directions, student's logit scale."""
+    from types import SimpleNamespace
+
+    from avalanche_mm.strategies.finetune import find_backbone, images_of
+
+    bundle, model = setup
+    exp = bundle.scenario.train_stream[1]
+    m = copy.deepcopy(model)
+    plug = CLIPLwFPlugin(alpha=1.0)
+    assert plug.mode == "zscl"
+    strat = SimpleNamespace(model=m, device=torch.device("cpu"), experience=exp, train_mb_size=8)
+    plug.before_training_exp(strat)
+    assert plug.prompts == [exp.templates[0].format(c) for c in exp.class_names]
+    teacher = copy.deepcopy(find_backbone(m))  # the task-start model
+    bb = find_backbone(m)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in bb.tower_parameters("vision") + bb.tower_parameters("text"):
+            p.add_(0.05 * torch.randn_like(p))
+    images = plug.next_reference_images(strat)
+    assert images.shape[0] == 8
+    loss = plug.penalty(strat, images)
+    # hand-written reference of finetune.py's ZSCL loss with ref_texts = the task's first-template prompts
+    with torch.no_grad():
+        ref_emb = teacher.encode_text(teacher.tokenize(plug.prompts))
+        ref_out = teacher.encode_image(images)
+    cur = bb.encode_image(images)
+    scale = bb.logit_scale_value()
+    logits_current, logits_ref = scale * cur @ ref_emb.t(), scale * ref_out @ ref_emb.t()
+    expected = _released_distillation(logits_ref, logits_current) + _released_distillation(
+        logits_ref.t(), logits_current.t())
+    assert torch.allclose(loss, expected, rtol=1e-5, atol=1e-6)
+    loss.backward()  # the teacher's text features: no text-tower gradient
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in bb.tower_parameters("text"))
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in bb.tower_parameters("vision"))
+    # the separate batch uses the evaluation view of the task's data
+    x = images_of(next(plug._ref_iter))
+    assert x.shape[1:] == exp.dataset.eval()[0][0]["image"].shape
+
+
+def test_clip_lwf_minibatch_mode_is_kept(setup):
+    bundle, model = setup
+    exp = bundle.scenario.train_stream[1]
+    torch.manual_seed(0)
+    m = copy.deepcopy(model)
+    strat = CLIPLwF(model=m, optimizer=_opt(m, 1e-2), mode="minibatch", iterations=2, train_mb_size=8,
+                    evaluator=EvaluationPlugin())
+    strat.train(exp)
+    assert strat.lwf_plugin.last_loss is not None
+    with pytest.raises(ValueError, match="mode"):
+        CLIPLwFPlugin(mode="paper")
+
+
+def test_teacher_copies_share_the_tokenizer_and_optimizers_take_the_fast_path(setup):
+    from avalanche_mm.strategies.finetune import find_backbone, frozen_copy, make_clip_optimizer
+
+    _, model = setup
+    bb = find_backbone(model)
+    t = frozen_copy(bb)
+    assert t.tokenizer is bb.tokenizer  # shared, not deep-copied
+    p0, q0 = next(bb.parameters()), next(t.parameters())
+    assert q0 is not p0 and torch.equal(q0, p0) and not q0.requires_grad
+    assert torch.equal(t.tokenize(["a photo"]), bb.tokenize(["a photo"]))
+    opt = make_clip_optimizer(model, name="adamw", lr=1e-4)
+    assert opt.defaults.get("fused") or opt.defaults.get("foreach")
+    sgd = make_clip_optimizer(model, name="sgd", lr=1e-2)
+    assert sgd.defaults.get("foreach")
+
+
+def test_optimizer_steps_make_cached_class_embeddings_stale(setup):
+    """A fused AdamW updates weights without bumping version counters; the zero-shot head's
+    cache of class embeddings keys on them, so without the step hook evaluation after training
+    used the text embeddings of the old weights (found by the 2-process resume test)."""
+    from avalanche_mm.strategies.finetune import find_backbone, make_clip_optimizer
+
+    _, model = setup
+    bb = find_backbone(model)
+    for name in ("adamw", "adam", "sgd"):
+        opt = make_clip_optimizer(model, name=name, lr=1e-3)
+        before = bb.text_state_key()
+        for p in bb.tower_parameters("text"):
+            p.grad = torch.ones_like(p)
+        opt.step()
+        assert bb.text_state_key() != before, name

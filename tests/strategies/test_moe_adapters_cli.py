@@ -35,7 +35,7 @@ CFG = {
             },
             "model": {"kind": "clip", "backbone": "tiny-openclip"},
             "training": {"iterations": 3, "batch_size": 8, "lr": 1e-2, "warmup": 1},
-            "evaluation": {"alignment": False},
+            "evaluation": {"alignment": False, "metrics": {"parameters": {}}},
             "strategies": {"moe": {"method": "moe-adapters", "num_experts": 3, "bottleneck": 4,
                                    "ddas_iterations": 4, "ddas_reference_iterations": 4, "ddas_threshold": None,
                                    "ddas_granularity": "sample"}},

@@ -133,7 +133,7 @@ def test_weight_ensemble_is_the_running_average_of_the_snapshots(setup):
     torch.manual_seed(0)
     rec = Recorder()
     m = copy.deepcopy(model)
-    strat = _zscl(bundle, m, rec, image_weight=0.0, text_weight=0.0, we_every=2, iterations=6)
+    strat = _zscl(bundle, m, rec, image_weight=0.0, text_weight=0.0, we_every=2, iterations=6, we_mode="periodic")
     strat.train(bundle.scenario.train_stream[0])
     snaps = [rec.weights[i] for i in (1, 3, 5)]  # after iterations 2, 4, 6
     assert strat.zscl_plugin.we_count == 3
@@ -191,3 +191,102 @@ def test_plain_finetune_and_zscl_without_mechanisms_train_identically(setup):
     rec_b = Recorder()
     _zscl(bundle, copy.deepcopy(model), rec_b, image_weight=0.0, text_weight=0.0, l2_weight=0.0, we_every=0, iterations=3).train(exp)
     assert _grad_diff(rec_a.grads[-1], rec_b.grads[-1]) < 1e-6
+
+
+def _merge_we(model_0, model_1, sma_count):
+    """ZSCL's released ``merge_we`` (mtil/src/models/helpers.py), written out on dicts."""
+    for k in model_1:
+        model_1[k] = (model_1[k] * sma_count + model_0[k]) / (1.0 + sma_count)
+
+
+@pytest.mark.parametrize("iterations", [6, 5])
+def test_weight_ensemble_default_is_the_released_code(setup, iterations):
+    """Default WE: we_model = task start, we_n = 0, merge after iteration 0 and every we_every of the
+    released loop ``for iteration in range(total + 1)`` (its last step runs at learning rate 0)."""
+    bundle, model = setup
+    torch.manual_seed(0)
+    rec = Recorder()
+    m = copy.deepcopy(model)
+    start = {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}
+    strat = _zscl(bundle, m, rec, image_weight=0.0, text_weight=0.0, we_every=2, iterations=iterations)
+    strat.train(bundle.scenario.train_stream[0])
+    we_model, we_n = {k: v.clone() for k, v in start.items()}, 0
+    for iteration in range(iterations + 1):
+        # weights after the released loop's step `iteration`: ours after step iteration, and the
+        # extra step at iteration == total has lr 0 (cosine end), so it keeps the last weights
+        weights = rec.weights[min(iteration, iterations - 1)]
+        if iteration % 2 == 0:
+            we_n += 1
+            _merge_we(weights, we_model, we_n)
+    if iterations % 2:  # released code merges at `total` only when total % avg_freq == 0
+        we_model, we_n = {k: v.clone() for k, v in start.items()}, 0
+        for iteration in range(iterations):
+            if iteration % 2 == 0:
+                we_n += 1
+                _merge_we(rec.weights[iteration], we_model, we_n)
+    for n, p in m.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p.detach(), we_model[n], atol=1e-6), n
+    # 6 iterations: task start + after steps 0, 2, 4 + the end -> 5 snapshots
+    assert strat.zscl_plugin.we_count == (5 if iterations == 6 else 4)
+
+
+def test_teacher_image_cache_gives_the_same_losses_and_encodes_each_image_once(setup):
+    bundle, model = setup
+    exp = bundle.scenario.train_stream[0]
+    losses, plugins = {}, {}
+    for cache in (False, True):
+        torch.manual_seed(0)
+        rec = Recorder()
+        strat = _zscl(bundle, copy.deepcopy(model), rec, iterations=6, l2_weight=1.0, we_every=2,
+                      cache_teacher_images=cache)
+        seen = []
+        orig = strat.zscl_plugin.before_backward
+
+        def spy(strategy, _orig=orig, _seen=seen, **kw):
+            _orig(strategy, **kw)
+            _seen.append(dict(strategy.zscl_plugin.last_losses))
+
+        strat.zscl_plugin.before_backward = spy
+        strat.train(exp)
+        losses[cache], plugins[cache] = seen, strat.zscl_plugin
+    for a, b in zip(losses[False], losses[True]):
+        for k in a:
+            assert abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(a[k])), (k, a[k], b[k])
+    n_ref = len(bundle.reference.images)
+    assert plugins[True].num_teacher_image_encodings <= n_ref
+    assert plugins[False].num_teacher_image_encodings == 6 * min(8, n_ref)
+
+
+def test_fused_forward_fast_l2_and_precomputed_teacher_give_the_same_losses_and_gradients(setup):
+    """The cost optimisations (one student forward, L2 gradient without autograd, teacher features
+    precomputed) leave the losses and gradients of every step equal to float precision."""
+    bundle, model = setup
+    exp = bundle.scenario.train_stream[0]
+    runs = {}
+    for name, kw in {"plain": dict(fused_forward=False, fast_l2=False, cache_teacher_images=False),
+                     "fast": dict(fused_forward=True, fast_l2=True, precompute_teacher_images=True)}.items():
+        torch.manual_seed(0)
+        rec = Recorder()
+        strat = _zscl(bundle, copy.deepcopy(model), rec, iterations=4, l2_weight=1.0, we_every=2, **kw)
+        seen = []
+        orig = strat.zscl_plugin.before_backward
+
+        def spy(strategy, _orig=orig, _seen=seen, **k):
+            _orig(strategy, **k)
+            _seen.append((float(strategy.loss.detach()), dict(strategy.zscl_plugin.last_losses)))
+
+        strat.zscl_plugin.before_backward = spy
+        strat.train(exp)
+        runs[name] = (seen, rec.grads)
+    (la, ga), (lb, gb) = runs["plain"], runs["fast"]
+    for (ta, da), (tb, db) in zip(la, lb):
+        assert abs(ta - tb) <= 1e-4 * max(1.0, abs(ta))
+        for k in da:
+            assert abs(da[k] - db[k]) <= 1e-4 * max(1.0, abs(da[k])), k  # float32 after Adam steps
+    # the recorder runs after the plugin: it sees the L2 gradient too. The first two steps start from
+    # (nearly) the same weights; later ones drift apart by float32 rounding amplified by Adam.
+    for a, b in zip(ga[:2], gb[:2]):
+        for n in a:
+            assert float((a[n] - b[n]).norm()) <= 1e-3 * float(a[n].norm()) + 1e-7, n
+    assert la[-1][1]["l2"] > 0

@@ -285,10 +285,7 @@ def demo_domains(
     """
     from ..world import ProceduralWorld
 
-    try:  # the bundle types live in the benchmarks layer once the registries land there
-        from ..bundle import BenchmarkBundle, ReferenceSet  # type: ignore
-    except ImportError:  # pragma: no cover - before that
-        from avalanche_mm.experiments.registry import BenchmarkBundle, ReferenceSet
+    from ..bundle import BenchmarkBundle, ReferenceSet
 
     wp = dict(world or {})
     wp["num_domains"] = int(num_domains)
