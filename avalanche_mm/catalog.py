@@ -55,6 +55,7 @@ def _methods() -> List[Dict[str, Any]]:
             "model_kinds": list(spec.model_kinds),
             "reference": spec.reference,
             "trains": spec.trains,
+            "distributed": bool(getattr(spec, "distributed", False)),
         })
     return out
 

@@ -72,6 +72,8 @@ def _flags(item) -> str:
         flags.append("reference split")
     if item.get("model_kinds"):
         flags.append("models: " + "/".join(item["model_kinds"]))
+    if item.get("distributed"):
+        flags.append("DDP-safe")
     return f" [{'; '.join(flags)}]" if flags else ""
 
 

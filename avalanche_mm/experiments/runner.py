@@ -391,8 +391,8 @@ def run_strategy(
     model = prepared.fresh_model()
     training = strategy_training(prepared.cfg, entry)
     params = {k: v for k, v in entry.items() if k not in ("method", "training")}
-    if D.world_size() > 1:  # the configured batches are global: each rank takes its share
-        training = dict(training, batch_size=D.per_rank_batch(training["batch_size"], what=f"studies.{study_name}.strategies.{strategy_name}.training.batch_size"))
+    if D.world_size() > 1:  # the configured batches are global: each rank takes its share (BuildContext.base_kwargs)
+        D.per_rank_batch(training["batch_size"], what=f"studies.{study_name}.strategies.{strategy_name}.training.batch_size")
         if params.get("batch_size_mem"):
             params["batch_size_mem"] = D.per_rank_batch(params["batch_size_mem"], what=f"studies.{study_name}.strategies.{strategy_name}.batch_size_mem")
     # Avalanche refuses loggers outside rank 0: the other ranks evaluate (replicas stay
@@ -413,7 +413,7 @@ def run_strategy(
 
         plugins.append(MixedPrecisionPlugin(precision=training["precision"], tf32=training.get("tf32", True)))
     plugins += _extra_plugins(config, extra_plugins, PluginContext(study=study_name, strategy=strategy_name, output=out, folder=folder))
-    ctx = BuildContext(model=model, kind=prepared.kind, training=training, device=device, evaluator=evaluator, plugins=plugins, bundle=prepared.bundle, seed=seed)
+    ctx = BuildContext(model=model, kind=prepared.kind, training=training, device=device, evaluator=evaluator, plugins=plugins, bundle=prepared.bundle, seed=seed, world_size=D.world_size())
     strategy = spec.build(ctx, params)
     workers = training["num_workers"]
     sources = [e.dataset for e in scenario.train_stream]  # replay buffers are saved as indices into these

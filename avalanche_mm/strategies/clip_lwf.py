@@ -292,7 +292,8 @@ def _build_lwf(ctx: BuildContext, p: dict):
             temperature=p["temperature"],
             both_directions=p["both_directions"],
             mode=p["mode"],
-            ref_batch_size=p["ref_batch_size"],
+            # the global batch (under torchrun train_mb_size is one rank's share)
+            ref_batch_size=p["ref_batch_size"] or ctx.training["batch_size"],
             seed=ctx.seed,
             plugins=list(ctx.plugins),
             **ctx.schedule_kwargs(),

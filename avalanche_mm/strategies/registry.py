@@ -79,6 +79,8 @@ class BuildContext:
     :ivar plugins: extra plugins (progress bars, ...).
     :ivar bundle: the benchmark bundle (scenario, reference set, class names, ...).
     :ivar seed: the strategy's seed.
+    :ivar world_size: processes training together (torchrun); ``training["batch_size"]``
+        is the global batch and :meth:`base_kwargs` gives each process its share.
     """
 
     model: nn.Module
@@ -89,6 +91,7 @@ class BuildContext:
     plugins: List[Any] = field(default_factory=list)
     bundle: Any = None
     seed: int = 0
+    world_size: int = 1
 
     def optimizer(self, params: Any = None) -> torch.optim.Optimizer:
         """The study's optimizer over the model's trainable parameters (or ``params``)."""
@@ -109,7 +112,7 @@ class BuildContext:
         """``SupervisedTemplate`` arguments shared by every method."""
         t = self.training
         return {
-            "train_mb_size": t["batch_size"],
+            "train_mb_size": t["batch_size"] // max(1, self.world_size),
             "eval_mb_size": t["eval_batch_size"],
             "train_epochs": t["epochs"],
             "device": self.device,
