@@ -174,41 +174,45 @@ def per_rank_batch(global_batch: int, *, what: str = "training.batch_size", worl
 
 
 def average_gradients(params: Iterable[nn.Parameter], *, weight: float = 1.0) -> None:
-    """All-reduce gradients so every rank holds the weighted mean.
+    """All-reduce gradients so every rank holds the weighted mean (one collective per dtype).
 
     Each rank contributes ``grad * weight`` and the sum is divided by the sum
     of the weights (the weights are the ranks' minibatch sizes, so the result
-    is the gradient of the mean loss over the global batch). Parameters
-    without a gradient on some ranks are treated as zero there (the set of
-    parameters with gradients is made identical first). Grads are flattened
-    into one buffer per dtype (one collective each).
+    is the gradient of the mean loss over the global batch). A parameter
+    without a gradient on some ranks counts as zero there; one without a
+    gradient on every rank keeps ``grad = None``. The weight and the
+    has-a-gradient flags travel in the same buffer as the gradients.
     """
     if not is_distributed():
         return
     params = [p for p in params if p.requires_grad]
     if not params:
         return
-    has = torch.tensor([1.0 if p.grad is not None else 0.0 for p in params], dtype=torch.float64)
-    dist.all_reduce(has)
-    total_w = torch.tensor([float(weight)], dtype=torch.float64)
-    dist.all_reduce(total_w)
-    if float(total_w) <= 0:
-        raise DistributedError("average_gradients: the ranks' weights sum to zero (empty minibatches on every rank)")
     groups: dict = {}
-    for p, h in zip(params, has.tolist()):
-        if h == 0:
-            continue
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        groups.setdefault((p.grad.dtype, p.grad.device), []).append(p)
-    for ps in groups.values():
-        flat = torch.cat([p.grad.reshape(-1) for p in ps]) * float(weight)
+    for p in params:
+        groups.setdefault(p.dtype if p.is_floating_point() else torch.float32, []).append(p)
+    for dtype, ps in groups.items():
+        device = ps[0].device
+        parts = [
+            (p.grad.reshape(-1).to(dtype) * float(weight)) if p.grad is not None else torch.zeros(p.numel(), dtype=dtype, device=device)
+            for p in ps
+        ]
+        flags = torch.tensor([float(weight)] + [1.0 if p.grad is not None else 0.0 for p in ps], dtype=dtype, device=device)
+        flat = torch.cat(parts + [flags])
         dist.all_reduce(flat)
-        flat /= float(total_w)
+        n_flags = len(ps) + 1
+        total_w, has = float(flat[-n_flags]), flat[-n_flags + 1:]
+        if total_w <= 0:
+            raise DistributedError("average_gradients: the ranks' weights sum to zero (empty minibatches on every rank)")
         offset = 0
-        for p in ps:
-            n = p.grad.numel()
-            p.grad.copy_(flat[offset: offset + n].view_as(p.grad))
+        for p, h in zip(ps, has.tolist()):
+            n = p.numel()
+            if h > 0:
+                g = (flat[offset: offset + n] / total_w).view_as(p)
+                if p.grad is None:
+                    p.grad = g.clone()
+                else:
+                    p.grad.copy_(g)
             offset += n
 
 

@@ -38,7 +38,7 @@ CONFIG = {
             "benchmark": {
                 "name": "demo-av",
                 "params": {
-                    "world": {"seed": 1, "image_size": 16, "noise": {"image": 0.4, "audio": 0.1}},
+                    "world": {"seed": 1, "image_size": 32, "noise": {"image": 0.4, "audio": 0.1}},
                     "num_classes": 8,
                     "num_experiences": 2,
                     "train_per_class": 64,
@@ -46,8 +46,8 @@ CONFIG = {
                     "modalities": ["image", "audio"],
                 },
             },
-            "model": {"kind": "fusion", "name": "fusion", "params": {"fusion": "concat", "hidden": 64, "conv_channels": [16, 32]}, "freeze": []},
-            "training": {"epochs": 4, "batch_size": 64, "eval_batch_size": 256, "lr": 5.0e-3, "scheduler": "constant"},
+            "model": {"kind": "fusion", "name": "fusion", "params": {"fusion": "concat", "hidden": 256, "conv_channels": [32, 64]}, "freeze": []},
+            "training": {"epochs": 2, "batch_size": 128, "eval_batch_size": 256, "lr": 2.0e-3, "scheduler": "constant"},
             "evaluation": {"initial": False, "per_modality": False},
             "strategies": {"finetune": {}},
         }

@@ -84,6 +84,31 @@ def _short(err: BaseException) -> str:
     return text or type(err).__name__
 
 
+def _image_size_problems(bundle: Any, backbone: Any, key: str, name: str) -> List[str]:
+    """Images of the benchmark (reference split, first training sample) that the backbone cannot take."""
+    import torch
+
+    want = backbone.image_size
+    want = tuple(want) if isinstance(want, (tuple, list)) else (int(want), int(want))
+    seen = []
+    ref = getattr(bundle, "reference", None)
+    if ref is not None and isinstance(ref.images, torch.Tensor) and ref.images.dim() == 4:
+        seen.append(("reference split", tuple(ref.images.shape[-2:])))
+    try:
+        x = bundle.scenario.train_stream[0].dataset[0][0]
+        img = x.get("image") if isinstance(x, dict) else x
+        if isinstance(img, torch.Tensor) and img.dim() == 3:
+            seen.append(("training samples", tuple(img.shape[-2:])))
+    except (IndexError, KeyError, TypeError, AttributeError):
+        pass
+    return [
+        f"{key}.benchmark.params: {what} images are {h}x{w}, but {key}.model.backbone {name!r} takes "
+        f"{want[0]}x{want[1]}; make the benchmark's images {want[0]} px (e.g. world.image_size) or choose a backbone for {h} px"
+        for what, (h, w) in seen
+        if (h, w) != want
+    ]
+
+
 def _freeze_problems(model_cfg: Mapping[str, Any], bundle: Any, key: str, *, seed: int) -> List[str]:
     """A fusion model is cheap: built once (global RNG untouched) to check ``model.freeze``."""
     import torch
@@ -148,6 +173,8 @@ def check_study(config: Mapping[str, Any], name: str, *, build: bool = True) -> 
         out.problems.extend(found)
         if not found and kind == "fusion" and model_cfg.get("freeze"):
             out.problems.extend(_freeze_problems(model_cfg, bundle, f"{key}.model", seed=derive_seed(seed, name, "init")))
+    if bundle is not None and kind == "clip" and out.backbone is not None:
+        out.problems.extend(_image_size_problems(bundle, out.backbone, key, model_cfg["backbone"]))
     if bundle is not None and len(bundle.scenario.test_stream) != bundle.n_experiences:
         out.problems.append(
             f"{key}.benchmark: the train stream has {bundle.n_experiences} experiences and the test stream "

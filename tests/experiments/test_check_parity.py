@@ -65,7 +65,7 @@ CASES = {
     ),
     "pretraining without a reference split": (
         _with(FUSION_TOY,
-              benchmark={"name": "demo-av", "params": {"world": WORLD, "num_classes": 2, "num_experiences": 2,
+              benchmark={"name": "demo-av", "params": {"world": dict(WORLD, image_size=32), "num_classes": 2, "num_experiences": 2,
                                                        "train_per_class": 2, "test_per_class": 2, "modalities": ["image"]}},
               model={"kind": "clip", "backbone": "demo-clip", "pretrain": {"enabled": True, "iterations": 1}}),
         "studies.main.model.pretrain.enabled: true, but benchmark 'demo-av' has no reference split",
@@ -80,6 +80,16 @@ CASES = {
         "'world-class-incremental' provides none; use a benchmark with a reference split (e.g. demo-mtil) or, for a "
         "real-data benchmark, name one in benchmark.reference.images and benchmark.reference.texts",
         "studies.main.strategies.zscl.method=finetune",
+    ),
+    "images the backbone cannot take": (
+        _with(FUSION_TOY,
+              benchmark={"name": "demo-mtil", "params": {"world": dict(WORLD, shapes=3, colours=4, textures=2),
+                                                         "tasks": [{"name": "colours", "target": "colour"}],
+                                                         "train_per_class": 2, "test_per_class": 2, "reference_per_combination": 1}},
+              model={"kind": "clip", "backbone": "demo-clip", "pretrain": {"enabled": True, "iterations": 1}}),
+        "studies.main.benchmark.params: reference split images are 16x16, but studies.main.model.backbone "
+        "'demo-clip' takes 32x32",
+        "studies.main.benchmark.params.world.image_size=32",
     ),
 }
 
