@@ -135,7 +135,6 @@ def check_study(config: Mapping[str, Any], name: str, *, build: bool = True) -> 
     from avalanche_mm.benchmarks.bundle import build_bundle
     from avalanche_mm.benchmarks.registry import BENCHMARKS
     from avalanche_mm.metrics.registry import METRICS
-    from avalanche_mm.models.backbones.registry import BACKBONES
     from avalanche_mm.models.build import build_clip_backbone, model_problems
     from avalanche_mm.strategies.registry import METHODS, CheckContext
 
@@ -156,16 +155,18 @@ def check_study(config: Mapping[str, Any], name: str, *, build: bool = True) -> 
     if static_model:  # a config that did not go through validate_config
         out.problems.extend(static_model)
     inject: Dict[str, Any] = {}
-    if build and kind == "clip" and not static_model and model_cfg["backbone"] in BACKBONES:
-        try:  # registered backbones are small: built once here and reused by run
+    if build and kind == "clip" and not static_model:
+        try:  # built once here (weights present: static checks passed) and reused by run
             out.backbone = build_clip_backbone(model_cfg, seed=derive_seed(seed, name, "init"))
             inject = {"image_transform": out.backbone.preprocess_eval, "image_size": out.backbone.image_size}
-        except (ValueError, TypeError, KeyError, OSError) as err:
+        except (ValueError, TypeError, KeyError, OSError, RuntimeError) as err:
             out.problems.append(f"{key}.model.backbone: {model_cfg['backbone']!r} could not be built: {_short(err)}")
-    if build and not entry.needs_data and (kind != "clip" or out.backbone is not None):
+    # real data too (its root exists: validate_config checked it): the files inside, their
+    # format and checksums are found here, not when run starts; run reuses the bundle
+    if build and (kind != "clip" or out.backbone is not None):
         try:
             out.bundle = build_bundle(bench_cfg, seed=seed, inject=inject)
-        except (ValueError, TypeError, KeyError, IndexError) as err:
+        except (ValueError, TypeError, KeyError, IndexError, OSError) as err:
             out.problems.append(f"{key}.benchmark.params: benchmark {bench_cfg['name']!r} cannot be built with these parameters: {_short(err)}")
     bundle = out.bundle
     if bundle is not None and not static_model:

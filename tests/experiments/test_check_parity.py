@@ -81,6 +81,12 @@ CASES = {
         "real-data benchmark, name one in benchmark.reference.images and benchmark.reference.texts",
         "studies.main.strategies.zscl.method=finetune",
     ),
+    "real-data root without the files": (
+        _with(FUSION_TOY, benchmark={"name": "cifar100-clip", "data_root": "DATA_ROOT", "params": {}},
+              model={"kind": "clip", "backbone": "demo-clip"}),
+        "studies.main.benchmark.params: benchmark 'cifar100-clip' cannot be built with these parameters",
+        "studies.main.benchmark.name=demo-mtil",
+    ),
     "images the backbone cannot take": (
         _with(FUSION_TOY,
               benchmark={"name": "demo-mtil", "params": {"world": dict(WORLD, shapes=3, colours=4, textures=2),
@@ -107,6 +113,9 @@ def _problems(text):
 @pytest.mark.parametrize("case", list(CASES))
 def test_check_and_run_fail_alike_without_traceback(case, tmp_path, capsys):
     raw, message, fix = CASES[case]
+    if raw["benchmark"].get("data_root") == "DATA_ROOT":  # an existing, empty data folder
+        raw = _with(raw, benchmark=dict(raw["benchmark"], data_root=str(tmp_path / "data")))
+        (tmp_path / "data").mkdir()
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(raw))
     rc, checked = _run_cli(capsys, ["check", str(path), "-q"])
