@@ -243,7 +243,21 @@ def prepare_study(
     n_total = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info["parameters"] = {"total": n_total, "trainable": n_train}
+    _check_finite_batches(bundle)
     return PreparedStudy(name=name, cfg=study, bundle=bundle, kind=kind, initial_model=model.cpu(), info=info, probe=probe)
+
+
+def _check_finite_batches(bundle) -> None:
+    """The main job turns on the collate's NaN/Inf check (lazily loaded data is checked as it
+    is read: the message names the sample and the modality)."""
+    from avalanche_mm.data.collate import MultimodalCollate
+
+    scenario = getattr(bundle, "scenario", None)
+    for stream in (getattr(scenario, "train_stream", ()), getattr(scenario, "test_stream", ())):
+        for exp in stream:
+            collate = getattr(exp.dataset, "collate_fn", None)
+            if isinstance(collate, MultimodalCollate):
+                collate.check_finite = True
 
 
 # ---------------------------------------------------------------------------

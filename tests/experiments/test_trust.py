@@ -212,3 +212,24 @@ def test_clear_errors_for_bad_inputs(tmp_path, capsys):
         check(["run", cfg, "--output", str(ro / "out")], "not writable")
     check(["run", cfg, "--output", str(tmp_path / "big"), "--set", "studies.av.model.params.hidden=100000"],
           "GiB", "use smaller sizes")
+
+
+def test_main_job_turns_on_the_collates_non_finite_check():
+    """Lazily loaded data is checked as it is read: prepare_study switches the collate on."""
+    import torch
+
+    from avalanche_mm.data.collate import MultimodalCollate
+    from avalanche_mm.experiments.config import load_config
+    from avalanche_mm.experiments.runner import prepare_study
+
+    cfg = load_config(raw={
+        "name": "finite", "device": "cpu", "progress_bar": False,
+        "studies": {"s": {
+            "benchmark": {"name": "toy", "params": {"n_experiences": 2, "n_classes": 4, "n_per_class": 2}},
+            "model": {"kind": "fusion", "name": "toy-fusion"},
+            "strategies": {"finetune": {}},
+        }},
+    })
+    prepared = prepare_study(cfg, "s", device=torch.device("cpu"), log=lambda *a, **k: None, progress=False)
+    collates = [e.dataset.collate_fn for e in prepared.bundle.scenario.train_stream]
+    assert collates and all(isinstance(c, MultimodalCollate) and c.check_finite for c in collates)
