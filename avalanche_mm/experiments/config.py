@@ -149,6 +149,11 @@ MODEL = Section(
             "list", None, nullable=True, item="str",
             help="prompt templates with '{}' (default: the benchmark's, else 'a photo of a {}.')",
         ),
+        "mask_unseen": Opt(
+            "bool", False,
+            help="single-head class-incremental protocol: classes not trained yet get no logit (MoE-Adapters, AttriCLIP, "
+            "RAPF evaluate over the classes seen so far)",
+        ),
         "train_templates": Opt(
             "str", "benchmark", choices=["benchmark", "all", "first"],
             help="templates of the training logits: 'first' (ZSCL), 'all', or 'benchmark' "

@@ -105,7 +105,7 @@ def clip_classifier(backbone, bundle, model_cfg: Mapping[str, Any]) -> nn.Module
     else:
         tmpl = list(given) if given else next(iter(templates.values()), list(DEFAULT_TEMPLATES))
         head = ZeroShotClassifier(backbone=backbone, class_names=list(bundle.class_names), templates=tmpl,
-                                  train_templates=train_templates)
+                                  train_templates=train_templates, mask_unseen=bool(model_cfg.get("mask_unseen", False)))
     apply_freeze(head, backbone, model_cfg.get("freeze") or [])
     return head
 

@@ -147,3 +147,17 @@ def test_atomic_writes_leave_old_content_on_failure(tmp_path):
     assert open(tmp_path / "log").read() == "line1\n"
     with pytest.raises(ValueError, match="inconsistent"):
         truncate_file(str(tmp_path / "log"), 100)
+
+
+def test_model_mask_unseen_reaches_the_class_incremental_head():
+    """The class-incremental protocol of MoE-Adapters / AttriCLIP: classes not trained yet get no logit."""
+    from avalanche_mm.benchmarks.bundle import build_bundle
+    from avalanche_mm.models.build import build_clip_backbone, clip_classifier
+
+    backbone = build_clip_backbone({"backbone": "demo-clip"}, seed=0)
+    bench = {"name": "world-class-incremental", "params": {"num_classes": 4, "num_experiences": 2, "train_per_class": 2,
+                                                           "test_per_class": 1, "modalities": ["image", "text"]}}
+    bundle = build_bundle(bench, seed=0, inject={"image_transform": backbone.preprocess_eval, "image_size": backbone.image_size})
+    for flag in (False, True):
+        head = clip_classifier(backbone, bundle, {"kind": "clip", "backbone": "demo-clip", "mask_unseen": flag})
+        assert head.mask_unseen is flag
