@@ -88,9 +88,41 @@ def factory(ctx):
 
 
 @pytest.fixture
-def hang_plugin():
-    """``folder -> sys.path entry`` of a distribution whose plugin ``debug-hang`` (entry-point
-    group ``avalanche_mm.plugins``) hangs at ``HANG_AT=study/strategy/experience/iteration``
-    after writing ``<output>/.debug-hang``, so a test can kill a run mid-experience."""
-    return lambda folder: write_distribution(folder, "hang-plugin", {"hangplugin.py": HANG_PLUGIN},
-                                             {"avalanche_mm.plugins": {"debug-hang": "hangplugin:factory"}})
+def kill_at_hang(tmp_path):
+    """``(config, output, hang_at) -> None``: run ``avalanche-mm run config --output output`` in a
+    subprocess with the ``debug-hang`` plugin (an entry point of a distribution written for the
+    test), wait until it hangs at ``hang_at`` = ``study/strategy/experience/iteration`` and
+    SIGKILL it there: a run killed in the middle of an experience."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    dist = write_distribution(tmp_path / "hang-dist", "hang-plugin", {"hangplugin.py": HANG_PLUGIN},
+                              {"avalanche_mm.plugins": {"debug-hang": "hangplugin:factory"}})
+
+    def run(config, output, hang_at):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, dist, os.environ.get("PYTHONPATH", "")]))
+        env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # same float reductions as the test process
+        env["HANG_AT"] = hang_at
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "avalanche_mm.cli", "run", str(config), "--output", str(output), "--no-report",
+             "--set", "plugins=[debug-hang]"],
+            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        marker = os.path.join(str(output), ".debug-hang")
+        deadline = time.time() + 240
+        try:
+            while not os.path.exists(marker):
+                assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+                assert time.time() < deadline, "the run never reached the hang point"
+                time.sleep(0.2)
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            proc.stderr.close()
+
+    return run

@@ -634,22 +634,6 @@ class RetrievalHead(nn.Module):
             return torch.tensor(self.fixed_logit_scale, device=self.backbone.device)
         return self.backbone.logit_scale_value()
 
-    def _training_step(self) -> bool:
-        return self.training and torch.is_grad_enabled()
-
-    def _templates_for_step(self, templates: Sequence[Template]) -> List[Template]:
-        """The templates of this forward: the first only during training with
-        ``train_templates="first"``, else all."""
-        templates = list(templates)
-        if getattr(self, "train_templates", "all") == "first" and self._training_step():
-            return templates[:1]
-        return templates
-
-    def _subset_embeddings(self, names: Sequence[str], templates, key) -> Tensor:
-        templates = self._templates_for_step(templates)
-        return self.embedding_cache.get(self.backbone, names, templates,
-                                        key=key + (tuple(t if isinstance(t, str) else id(t) for t in templates),))
-
     def similarity(self, image_features: Tensor, text_features: Tensor) -> Tensor:
         """``[N_img, N_txt]`` scaled cosine similarities of (normalised) features."""
         img = F.normalize(image_features.float(), dim=-1)

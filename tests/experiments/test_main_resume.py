@@ -2,10 +2,6 @@
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import torch
 import yaml
@@ -54,30 +50,13 @@ def _state(out, strategy):
     return {k: st[k] for k in ("finished", "rows", "baseline", "unimodal", "scalars", "complete")}
 
 
-def test_killed_run_resumes_to_identical_metrics(tmp_path, hang_plugin):
+def test_killed_run_resumes_to_identical_metrics(tmp_path, kill_at_hang):
     cfg_path = tmp_path / "resume.yaml"
     cfg_path.write_text(yaml.safe_dump(CFG, sort_keys=False))
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     assert main(["run", str(cfg_path), "--output", straight, "--no-report"]) == 0
 
-    dist = hang_plugin(tmp_path / "dist")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, dist, os.environ.get("PYTHONPATH", "")]))
-    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # same float reductions as this process
-    env["HANG_AT"] = "mtil/zscl/1/2"  # hang in the 2nd experience of zscl, 3rd iteration
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "avalanche_mm.cli", "run", str(cfg_path), "--output", killed, "--no-report",
-         "--set", "plugins=[debug-hang]"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    marker = os.path.join(killed, ".debug-hang")
-    deadline = time.time() + 240
-    while not os.path.exists(marker):
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        assert time.time() < deadline, "the run never reached the hang point"
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+    kill_at_hang(cfg_path, killed, "mtil/zscl/1/2")  # killed in the 2nd experience
 
     st = json.load(open(os.path.join(killed, "mtil", "zscl", "state.json")))
     assert st["finished"] == [0] and not st["complete"]

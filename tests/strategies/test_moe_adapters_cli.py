@@ -2,10 +2,6 @@
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import torch
 import yaml
@@ -55,7 +51,7 @@ def _state(out):
     return {k: st[k] for k in ("finished", "rows", "baseline", "scalars", "complete")}
 
 
-def test_cli_run_killed_and_resumed_matches_straight_run(tmp_path, hang_plugin):
+def test_cli_run_killed_and_resumed_matches_straight_run(tmp_path, kill_at_hang):
     cfg_path = tmp_path / "moe.yaml"
     cfg_path.write_text(yaml.safe_dump(CFG, sort_keys=False))
     assert main(["check", str(cfg_path)]) == 0
@@ -64,24 +60,7 @@ def test_cli_run_killed_and_resumed_matches_straight_run(tmp_path, hang_plugin):
     names = {r[0].split("/")[0] for r in _records(straight)}
     assert {"DDAS_ZeroShot_Exp", "DDAS_Task0_Exp", "Params_Trainable_Exp", "Params_TrainableCumulative_Exp"} <= names
 
-    dist = hang_plugin(tmp_path / "dist")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, dist, os.environ.get("PYTHONPATH", "")]))
-    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # same float reductions as this process
-    env["HANG_AT"] = "mtil/moe/1/1"  # hang in the 2nd experience, 2nd iteration
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "avalanche_mm.cli", "run", str(cfg_path), "--output", killed, "--no-report",
-         "--set", "plugins=[debug-hang]"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    marker = os.path.join(killed, ".debug-hang")
-    deadline = time.time() + 240
-    while not os.path.exists(marker):
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        assert time.time() < deadline, "the run never reached the hang point"
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+    kill_at_hang(cfg_path, killed, "mtil/moe/1/1")  # killed in the 2nd experience
     assert json.load(open(os.path.join(killed, "mtil", "moe", "state.json")))["finished"] == [0]
 
     assert main(["run", str(cfg_path), "--output", killed, "--no-report"]) == 0
