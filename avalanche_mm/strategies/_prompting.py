@@ -237,4 +237,21 @@ def vit_b16_prompt_parameters(n_tasks: int = 10) -> Dict[str, Dict[str, int]]:
     return {k: {"backbone": total, "trainable_per_task": t, "stored": n} for k, (t, n) in rows.items()}
 
 
-__all__ = ["vit_b16_prompt_parameters", "frozen_backbone", "PromptMethodPlugin", "PromptStrategy", "backbone_sizes", "method_problem"]
+
+
+def build_prompt_strategy(cls, ctx, params: Dict[str, Any], *, per_experience: Optional[str] = None, **extra: Any):
+    """The registry builder shared by the prompt methods.
+
+    The template and schedule arguments are :class:`FineTune`'s (each method's constructor
+    passes them on); ``per_experience`` names the parameter that defaults to the number of
+    experiences (``n_tasks``, ``n_domains``); the optimizer is built after the strategy, over
+    the prompts its plugin attached.
+    """
+    params = dict(params)
+    if per_experience is not None and params.get(per_experience) is None:
+        params[per_experience] = ctx.bundle.n_experiences
+    strategy = cls(**ctx.common_kwargs(FineTune), **extra, **params)
+    strategy.optimizer = ctx.optimizer()
+    return strategy
+
+__all__ = ["build_prompt_strategy", "vit_b16_prompt_parameters", "frozen_backbone", "PromptMethodPlugin", "PromptStrategy", "backbone_sizes", "method_problem"]

@@ -40,8 +40,7 @@ from avalanche_mm.models.attach.prompt_pool import frozen_image_query, images_of
 from avalanche_mm.models.attach.prompts import TextContextPrompts
 from avalanche_mm.registry import Range
 
-from .finetune import FineTune
-from ._prompting import PromptMethodPlugin, PromptStrategy, backbone_sizes, frozen_backbone, method_problem
+from ._prompting import PromptMethodPlugin, PromptStrategy, backbone_sizes, frozen_backbone, method_problem, build_prompt_strategy
 from .registry import BuildContext, CheckContext, register_method
 
 
@@ -236,10 +235,6 @@ def _check(ctx: CheckContext, params: Dict[str, Any]) -> List[str]:
                  params_from=AttriCLIP, model_kinds=("clip",), family="prompt",
                  reference="Wang et al., CVPR 2023", check=_check)
 def _build(ctx: BuildContext, params: dict):
-    # the template and schedule arguments are FineTune's (the constructor passes them on)
-    strategy = AttriCLIP(**ctx.common_kwargs(FineTune), **params)
-    strategy.optimizer = ctx.optimizer()
-    return strategy
-
+    return build_prompt_strategy(AttriCLIP, ctx, params)
 
 __all__ = ["key_matching_loss", "prompt_orthogonality_loss", "AttributeBank", "AttriCLIPPlugin", "AttriCLIP"]

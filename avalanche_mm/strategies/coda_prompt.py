@@ -28,8 +28,7 @@ from avalanche_mm.models.attach.base import resolve_layers
 from avalanche_mm.models.attach.prompt_pool import CodaPromptPool, VisionPromptInjector
 from avalanche_mm.registry import Range
 
-from .finetune import FineTune
-from ._prompting import PromptMethodPlugin, PromptStrategy, frozen_backbone, method_problem
+from ._prompting import PromptMethodPlugin, PromptStrategy, frozen_backbone, method_problem, build_prompt_strategy
 from .dualprompt import layer_checks, n_tasks_checks
 from .registry import BuildContext, CheckContext, register_method
 
@@ -142,13 +141,6 @@ def _check(ctx: CheckContext, params: Dict[str, Any]) -> List[str]:
                  params_from=CODAPrompt, model_kinds=("clip",), family="prompt",
                  reference="Smith et al., CVPR 2023", check=_check)
 def _build(ctx: BuildContext, params: dict):
-    # the template and schedule arguments are FineTune's (the constructor passes them on)
-    params = dict(params)
-    if params.get("n_tasks") is None:
-        params["n_tasks"] = ctx.bundle.n_experiences
-    strategy = CODAPrompt(**ctx.common_kwargs(FineTune), **params)
-    strategy.optimizer = ctx.optimizer()
-    return strategy
-
+    return build_prompt_strategy(CODAPrompt, ctx, params, per_experience='n_tasks')
 
 __all__ = ["CODAPromptPlugin", "CODAPrompt"]

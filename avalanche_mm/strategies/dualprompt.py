@@ -31,8 +31,7 @@ from avalanche_mm.models.attach.base import resolve_layers
 from avalanche_mm.models.attach.prompt_pool import PromptPool, VisionPromptInjector, _init_
 from avalanche_mm.registry import Range
 
-from .finetune import FineTune
-from ._prompting import PromptMethodPlugin, PromptStrategy, frozen_backbone, method_problem
+from ._prompting import PromptMethodPlugin, PromptStrategy, frozen_backbone, method_problem, build_prompt_strategy
 from .registry import BuildContext, CheckContext, register_method
 
 
@@ -185,13 +184,6 @@ def _check(ctx: CheckContext, params: Dict[str, Any]) -> List[str]:
                  params_from=DualPrompt, model_kinds=("clip",), family="prompt",
                  reference="Wang et al., ECCV 2022", check=_check)
 def _build(ctx: BuildContext, params: dict):
-    # the template and schedule arguments are FineTune's (the constructor passes them on)
-    params = dict(params)
-    if params.get("n_tasks") is None:
-        params["n_tasks"] = ctx.bundle.n_experiences
-    strategy = DualPrompt(**ctx.common_kwargs(FineTune), **params)
-    strategy.optimizer = ctx.optimizer()
-    return strategy
-
+    return build_prompt_strategy(DualPrompt, ctx, params, per_experience='n_tasks')
 
 __all__ = ["DualPromptPlugin", "DualPrompt"]

@@ -27,8 +27,7 @@ from torch import Tensor
 from avalanche_mm.models.attach.prompt_pool import PromptPool, VisionPromptInjector
 from avalanche_mm.registry import Range
 
-from .finetune import FineTune
-from ._prompting import PromptMethodPlugin, PromptStrategy, frozen_backbone, method_problem
+from ._prompting import PromptMethodPlugin, PromptStrategy, frozen_backbone, method_problem, build_prompt_strategy
 from .registry import BuildContext, CheckContext, register_method
 
 
@@ -125,10 +124,6 @@ def _check(ctx: CheckContext, params: Dict[str, Any]) -> List[str]:
                  params_from=L2P, model_kinds=("clip",), family="prompt",
                  reference="Wang et al., CVPR 2022", check=_check)
 def _build(ctx: BuildContext, params: dict):
-    # the template and schedule arguments are FineTune's (the constructor passes them on)
-    strategy = L2P(**ctx.common_kwargs(FineTune), **params)
-    strategy.optimizer = ctx.optimizer()
-    return strategy
-
+    return build_prompt_strategy(L2P, ctx, params)
 
 __all__ = ["L2PPlugin", "L2P"]

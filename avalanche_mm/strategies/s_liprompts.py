@@ -51,8 +51,7 @@ from avalanche_mm.models.attach.prompt_pool import VisionPromptInjector, frozen_
 from avalanche_mm.models.attach.prompts import TextContextPrompts
 from avalanche_mm.registry import Range
 
-from .finetune import FineTune
-from ._prompting import PromptMethodPlugin, PromptStrategy, backbone_sizes, frozen_backbone, method_problem
+from ._prompting import PromptMethodPlugin, PromptStrategy, backbone_sizes, frozen_backbone, method_problem, build_prompt_strategy
 from .registry import BuildContext, CheckContext, register_method
 from .template import resolve_collate
 
@@ -412,13 +411,6 @@ def _check(ctx: CheckContext, params: Dict[str, Any]) -> List[str]:
                  params_from=SLiPrompts, model_kinds=("clip",), family="prompt",
                  reference="Wang et al., NeurIPS 2022", check=_check)
 def _build(ctx: BuildContext, params: dict):
-    # the template and schedule arguments are FineTune's (the constructor passes them on)
-    params = dict(params)
-    if params.get("n_domains") is None:
-        params["n_domains"] = ctx.bundle.n_experiences
-    strategy = SLiPrompts(**ctx.common_kwargs(FineTune), seed=ctx.seed, **params)
-    strategy.optimizer = ctx.optimizer()
-    return strategy
-
+    return build_prompt_strategy(SLiPrompts, ctx, params, per_experience='n_domains', seed=ctx.seed)
 
 __all__ = ["kmeans", "centroid_distances", "select_domain", "SLiPromptBank", "SLiPromptsPlugin", "SLiPrompts"]
