@@ -60,7 +60,7 @@ from avalanche_mm.strategies.finetune import FineTune
 from avalanche_mm.strategies.registry import BuildContext, CheckContext, register_method
 from avalanche_mm.strategies.template import resolve_collate
 
-POLICIES = ("class_balanced", "experience_balanced", "reservoir")
+from .er import STORAGE_POLICIES as POLICIES, make_storage_policy  # noqa: E402  (one storage-policy factory)
 
 
 # ---------------------------------------------------------------------------
@@ -145,19 +145,6 @@ def attention_distillation(spatial: Tensor, old_spatial: Tensor, temporal: Tenso
 # ---------------------------------------------------------------------------
 # exemplar memory + exemplar minibatches (shared with SAMM)
 # ---------------------------------------------------------------------------
-def make_storage_policy(name: str, mem_size: int):
-    """An Avalanche storage policy by name."""
-    from avalanche.training.storage_policy import ClassBalancedBuffer, ExperienceBalancedBuffer, ReservoirSamplingBuffer
-
-    if name == "class_balanced":
-        return ClassBalancedBuffer(max_size=mem_size, adaptive_size=True)
-    if name == "experience_balanced":
-        return ExperienceBalancedBuffer(max_size=mem_size, adaptive_size=True)
-    if name == "reservoir":
-        return ReservoirSamplingBuffer(max_size=mem_size)
-    raise ValueError(f"storage_policy must be one of {POLICIES}, got {name!r}.")
-
-
 class ExemplarReplayPlugin(SupervisedPlugin):
     """Exemplar memory through an Avalanche storage policy, and one exemplar minibatch
     appended to every training minibatch.

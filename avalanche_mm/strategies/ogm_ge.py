@@ -316,7 +316,7 @@ class OGMGE(FineTune):
         extra: List[SupervisedPlugin] = []
         self.replay_plugin = None
         if mem_size is not None:
-            from avalanche_mm.strategies.av_cil import make_storage_policy
+            from avalanche_mm.strategies.er import make_storage_policy
             from avalanche_mm.strategies.plugins import ReplayPlugin
 
             bs = int(kwargs.get("train_mb_size", 32))
