@@ -1,7 +1,16 @@
 """Fusion networks for non-CLIP modality mixes (audio-visual, video + sensors, ...)."""
 
 from .avcil import AVCILNet, build_avcil_model
-from .encoders import ConvEncoder, MLPEncoder, SequenceEncoder, TextEncoder, length_mask, masked_mean
+from .encoders import (
+    ConvEncoder,
+    MLPEncoder,
+    ResNet18Encoder,
+    SequenceEncoder,
+    TextEncoder,
+    VideoEncoder,
+    length_mask,
+    masked_mean,
+)
 from .minilm import MiniLMTextEncoder, minilm_model_path
 from .model import FUSIONS, FusionModel
 
@@ -14,6 +23,8 @@ __all__ = [
     "ConvEncoder",
     "SequenceEncoder",
     "TextEncoder",
+    "ResNet18Encoder",
+    "VideoEncoder",
     "MiniLMTextEncoder",
     "minilm_model_path",
     "length_mask",

@@ -11,6 +11,10 @@ never influence the output.
   spectrograms ``[B, F, L]``.
 - :class:`SequenceEncoder`: 1-D conv or GRU for sensors ``[B, C, L]`` or
   waveforms ``[B, L]``.
+- :class:`ResNet18Encoder`: torchvision's ResNet-18 (random init) for images
+  ``[B, C, H, W]`` or one-channel spectrograms ``[B, F, L]`` (SAMM's backbone).
+- :class:`VideoEncoder`: a per-frame 2-D encoder (one of the above) with
+  temporal average pooling, for video clips ``[B, C, F, H, W]``.
 - :class:`TextEncoder`: learned token embedding + masked mean or GRU for
   token ids ``[B, L]``.
 - :class:`~avalanche_mm.models.fusion.minilm.MiniLMTextEncoder`: the real
@@ -202,6 +206,99 @@ class SequenceEncoder(_Encoder):
         return self.proj(h_n[-1])
 
 
+class ResNet18Encoder(_Encoder):
+    """ResNet-18 (torchvision's architecture, random initialisation, no classifier) with
+    global average pooling: 512 features, projected to ``out_dim`` when it differs.
+
+    The backbone of SAMM's released code (NeurAI-Lab/MultiModal-CL,
+    ``backbone/utils/av_backbone.py``: the same BasicBlock ResNet-18 at base width
+    64; a one-channel first convolution for spectrograms ``[B, F, L]``).
+
+    With ``lengths`` (spectrograms padded along L), padded columns are zeroed at the
+    input and left out of the final pooling (the receptive fields of the last valid
+    columns still see those zeros, as they would see zero padding).
+
+    :param in_channels: input channels (3 for RGB frames, 1 for spectrograms).
+    :param out_dim: output size (512: no projection).
+    """
+
+    FEATURES = 512
+
+    def __init__(self, *, in_channels: int, out_dim: int = 512):
+        super().__init__()
+        from torchvision.models import resnet18
+
+        net = resnet18(weights=None)
+        if _pos_int("in_channels", in_channels) != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        net.fc = nn.Identity()
+        net.avgpool = nn.Identity()
+        self.net = net
+        out_dim = _pos_int("out_dim", out_dim)
+        self.proj = nn.Identity() if out_dim == self.FEATURES else nn.Linear(self.FEATURES, out_dim)
+        self.in_channels, self.out_dim = in_channels, out_dim
+
+    def _maps(self, x: Tensor) -> Tensor:
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        return n.layer4(n.layer3(n.layer2(n.layer1(x))))  # [B, 512, H', W']
+
+    def forward(self, x: Tensor, *, lengths: Optional[Tensor] = None) -> Tensor:
+        self._check_dims(x, (3, 4), "images [B, C, H, W] or spectrograms [B, F, L]")
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"ResNet18Encoder was built for {self.in_channels} channels, got {x.shape[1]} "
+                f"(input shape {tuple(x.shape)})."
+            )
+        if lengths is None:
+            return self.proj(self._maps(x).mean(dim=(2, 3)))
+        lens = lengths.to(x.device).clamp(min=1, max=x.shape[-1])
+        x = x * length_mask(lens, x.shape[-1], x.shape[0], x.device)[:, None, None, :].to(x.dtype)
+        h = self._maps(x)
+        out_lens = torch.ceil(lens.float() * h.shape[-1] / x.shape[-1]).long()
+        return self.proj(masked_mean(h.mean(dim=2), length_mask(out_lens, h.shape[-1], h.shape[0], h.device)))
+
+
+class VideoEncoder(_Encoder):
+    """Video clips ``[B, C, F, H, W]``: a 2-D encoder on every frame, then the mean
+    over the F frames (temporal average pooling).
+
+    SAMM's released model runs its ResNet-18 on the ``B * F`` frames and average-pools
+    the last feature maps over frames and positions at once, which equals the mean over
+    frames of each frame's spatially pooled features (frames share one size); a frame
+    encoder's final linear projection commutes with that mean.
+
+    :param frame_encoder: an encoder of images ``[N, C, H, W]`` with ``out_dim``
+        (:class:`ConvEncoder`, :class:`ResNet18Encoder`).
+    """
+
+    def __init__(self, *, frame_encoder: nn.Module):
+        super().__init__()
+        out_dim = getattr(frame_encoder, "out_dim", None)
+        if not isinstance(frame_encoder, nn.Module) or not isinstance(out_dim, int):
+            raise TypeError(
+                f"VideoEncoder needs a frame encoder (nn.Module with an int out_dim), got {type(frame_encoder).__name__}."
+            )
+        self.frame_encoder = frame_encoder
+        self.in_channels, self.out_dim = getattr(frame_encoder, "in_channels", None), out_dim
+
+    def forward(self, x: Tensor, *, lengths: Optional[Tensor] = None) -> Tensor:
+        self._check_dims(x, (5,), "video clips [B, C, F, H, W]")
+        if lengths is not None:
+            raise ValueError("VideoEncoder: clips have a fixed number of frames; got per-sample lengths.")
+        b, c, f, h, w = x.shape
+        if self.in_channels is not None and c != self.in_channels:
+            raise ValueError(
+                f"VideoEncoder was built for {self.in_channels}-channel frames, got {c} "
+                f"(input shape {tuple(x.shape)}; clips are channel-first [B, C, F, H, W])."
+            )
+        frames = x.transpose(1, 2).reshape(b * f, c, h, w)
+        return self.frame_encoder(frames).reshape(b, f, -1).mean(1)
+
+
 class TextEncoder(_Encoder):
     """Learned token embedding + masked mean (``"mean"``) or GRU (``"gru"``).
 
@@ -258,6 +355,8 @@ __all__ = [
     "ConvEncoder",
     "SequenceEncoder",
     "TextEncoder",
+    "ResNet18Encoder",
+    "VideoEncoder",
     "length_mask",
     "masked_mean",
 ]

@@ -89,14 +89,24 @@ def register_fusion_model(name: str, *, summary: str = "", check=None):
     return deco
 
 
-def _auto_encoder(name: str, spec, *, hidden: int, conv_channels, vocab_size: Optional[int]):
-    from .encoders import ConvEncoder, SequenceEncoder, TextEncoder
+def _auto_encoder(name: str, spec, *, hidden: int, conv_channels, vocab_size: Optional[int], backbone: str = "small"):
+    from .encoders import ConvEncoder, ResNet18Encoder, SequenceEncoder, TextEncoder, VideoEncoder
 
     shape = tuple(spec.shape)
     if not spec.dtype.is_floating_point:
         return TextEncoder(vocab_size=int(vocab_size), out_dim=hidden, embed_dim=hidden)
+
+    def image_encoder(channels: int):
+        if backbone == "resnet18":
+            return ResNet18Encoder(in_channels=channels, out_dim=hidden)
+        return ConvEncoder(in_channels=channels, out_dim=hidden, channels=tuple(conv_channels))
+
+    if len(shape) == 4:  # video clips [C, F, H, W]: per-frame 2-D encoder + temporal mean
+        return VideoEncoder(frame_encoder=image_encoder(int(shape[0])))
     if len(shape) == 3:
-        return ConvEncoder(in_channels=int(shape[0]), out_dim=hidden, channels=tuple(conv_channels))
+        return image_encoder(int(shape[0]))
+    if len(shape) == 2 and backbone == "resnet18" and name == "audio":  # spectrogram [F, T] as a 1-channel image
+        return ResNet18Encoder(in_channels=1, out_dim=hidden)
     if len(shape) == 2:
         return SequenceEncoder(in_channels=int(shape[0]), out_dim=hidden, hidden=hidden)
     return SequenceEncoder(in_channels=1, out_dim=hidden, hidden=hidden)
@@ -107,9 +117,10 @@ def _check_fusion(specs: Mapping[str, Any], params: Mapping[str, Any], key: str)
     for m, spec in specs.items():
         if not spec.dtype.is_floating_point and params.get("vocab_size") is None:
             out.append(f"{key}.vocab_size: missing, modality '{m}' holds token ids; give the vocabulary size of its tokenizer")
-        elif spec.dtype.is_floating_point and len(tuple(spec.shape)) > 3:
+        elif spec.dtype.is_floating_point and len(tuple(spec.shape)) > 4:
             out.append(
-                f"{key.rsplit('.', 1)[0]}.name: no automatic encoder for modality '{m}' of shape {tuple(spec.shape)}; "
+                f"{key.rsplit('.', 1)[0]}.name: no automatic encoder for modality '{m}' of shape {tuple(spec.shape)} "
+                "(it covers features/sequences [F] / [C, L], images [C, H, W] and video clips [C, F, H, W]); "
                 "register a fusion model for it"
             )
     return out
@@ -126,11 +137,16 @@ def fusion(
     vocab_size: Optional[Annotated[int, Range(ge=1)]] = None,
     dropout: Annotated[float, Range(ge=0.0, lt=1.0)] = 0.0,
     fusion_dim: Optional[Annotated[int, Range(ge=1)]] = None,
+    backbone: Literal["small", "resnet18"] = "small",
 ) -> nn.Module:
     """FusionModel with one automatic encoder per modality, chosen from its shape.
 
-    Images ``[C, H, W]``: a small CNN; spectrograms ``[F, T]`` and sensors
-    ``[C, L]``: a 1-D conv stack; token ids: a learned embedding.
+    Images ``[C, H, W]``: a small CNN; video clips ``[C, F, H, W]``: the same CNN on
+    every frame, averaged over frames; spectrograms ``[F, T]`` and sensors
+    ``[C, L]``: a 1-D conv stack; token ids: a learned embedding. With
+    ``backbone: resnet18`` (SAMM's backbone), images and video frames get a
+    randomly initialised ResNet-18, and the ``audio`` spectrogram ``[F, T]`` a
+    one-channel ResNet-18.
 
     :param fusion: how the modality features are fused.
     :param hidden: width of each encoder's output.
@@ -138,11 +154,14 @@ def fusion(
     :param vocab_size: vocabulary size of token-id modalities (required when there is one).
     :param dropout: dropout before the classifier.
     :param fusion_dim: common feature width for sum/gating/attention (default: the largest).
+    :param backbone: ``"small"`` (small CNN / 1-D convs) or ``"resnet18"`` (ResNet-18 per
+        image, video frame and audio spectrogram; 512 features, projected to ``hidden``
+        when it differs).
     """
     from .model import FusionModel
 
     encoders = {
-        m: _auto_encoder(m, s, hidden=hidden, conv_channels=conv_channels, vocab_size=vocab_size)
+        m: _auto_encoder(m, s, hidden=hidden, conv_channels=conv_channels, vocab_size=vocab_size, backbone=backbone)
         for m, s in specs.items()
     }
     return FusionModel(encoders=encoders, num_classes=num_classes, fusion=fusion, fusion_dim=fusion_dim, dropout=float(dropout))
