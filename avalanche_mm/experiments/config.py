@@ -83,6 +83,10 @@ def _check_expectations(items: List[Any]) -> Optional[str]:
         missing = [k for k in need if k not in item]
         if missing:
             return f"expected item {i} ({kind}) to give {', '.join(need)}; missing {', '.join(missing)}"
+        study = item["study"]
+        if isinstance(study, list) and (kind != "greater" or not study or not all(isinstance(x, str) for x in study)):
+            return (f"expected item {i}'s study to be a study name (or, for kind greater, a non-empty list of "
+                    f"study names whose means are compared), got {study!r}")
         if "metric" in item and item["metric"] not in SUMMARY_METRICS and not str(item["metric"]).startswith("modality:"):
             return f"expected item {i}'s metric in {SUMMARY_METRICS} or 'modality:<name>', got {item['metric']!r}"
     return None

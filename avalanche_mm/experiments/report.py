@@ -542,6 +542,22 @@ def _metric(summary: Mapping[str, Any], metric: str) -> float:
     return _num(summary.get(metric))
 
 
+def _greater_over_studies(item: Mapping[str, Any], studies: List[str],
+                          summaries: Mapping[str, Mapping[str, Mapping[str, Any]]], text: str) -> Tuple[bool, str]:
+    """``greater`` on the means over ``studies`` (each must have run both strategies)."""
+    hi, lo, metric = item["higher"], item["lower"], item["metric"]
+    missing = [s for s in studies if hi not in summaries.get(s, {}) or lo not in summaries.get(s, {})]
+    if missing:
+        return False, f"{text}: {hi} or {lo} has not run in {', '.join(missing)}"
+    va = [_metric(summaries[s][hi], metric) for s in studies]
+    vb = [_metric(summaries[s][lo], metric) for s in studies]
+    scale = 1.0 if metric == "imbalance_index" else 100.0
+    ma, mb = float(np.mean(va)), float(np.mean(vb))
+    wins = sum(a > b for a, b in zip(va, vb))
+    return ma > mb, (f"{text or metric}: {hi} {scale * ma:.1f} vs {lo} {scale * mb:.1f} "
+                     f"(mean over {len(studies)} runs; {hi} ahead in {wins} of {len(studies)})")
+
+
 def check_expectations(items: Sequence[Mapping[str, Any]], summaries: Mapping[str, Mapping[str, Mapping[str, Any]]],
                        states: Mapping[str, Sequence[Mapping[str, Any]]], env: Mapping[str, Any]) -> List[Tuple[bool, str]]:
     """Evaluate ``report.expectations`` -> ``[(holds, sentence with the numbers)]``.
@@ -550,11 +566,16 @@ def check_expectations(items: Sequence[Mapping[str, Any]], summaries: Mapping[st
     trained on - the initial row - is above the uniform-guess accuracy by
     ``margin``, default 0.1), ``greater`` (``metric`` of ``higher`` > that of
     ``lower``), ``at_least`` (``metric`` of ``strategy`` >= ``value``).
+    For ``greater``, ``study`` may list several studies (repeats of one study
+    with other seeds): the means over them are compared.
     """
     out = []
     for item in items:
         study, kind = item["study"], item["kind"]
         text = item.get("description") or ""
+        if kind == "greater" and isinstance(study, (list, tuple)):
+            out.append(_greater_over_studies(item, list(study), summaries, text))
+            continue
         sums = summaries.get(study, {})
         if kind == "above_chance":
             st = next((s for s in states.get(study, []) if s["strategy"] == item["strategy"]), None)

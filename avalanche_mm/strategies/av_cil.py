@@ -57,7 +57,7 @@ from avalanche_mm.data.batch import batch_size as batch_rows
 from avalanche_mm.data.batch import cat_batches, to_device
 from avalanche_mm.registry import Range
 from avalanche_mm.strategies.finetune import FineTune
-from avalanche_mm.strategies.registry import BuildContext, CheckContext, register_method
+from avalanche_mm.strategies.registry import BuildContext, CheckContext, register_method, register_plugin
 from avalanche_mm.strategies.template import resolve_collate
 
 from .er import STORAGE_POLICIES as POLICIES, make_storage_policy  # noqa: E402  (one storage-policy factory)
@@ -196,6 +196,70 @@ class ExemplarReplayPlugin(SupervisedPlugin):
 
 
 # ---------------------------------------------------------------------------
+# the class-incremental head (any strategy on the av-cil network)
+# ---------------------------------------------------------------------------
+def _unwrap(model: nn.Module) -> nn.Module:
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
+
+
+class IncrementalHeadPlugin(SupervisedPlugin):
+    """The released code's growing classifier for any strategy on a model with
+    ``set_active_classes`` and ``reset_classes`` (:class:`~avalanche_mm.models.fusion.AVCILNet`):
+    at each experience the rows of arriving classes get a fresh initialisation
+    (``incremental_classifier``) and only the seen classes have logits, in training
+    and evaluation. Its baselines (fine-tuning, LwF, iCaRL, ...) grow the head the same
+    way as AV-CIL; on another model this plugin does nothing. Config: ``plugins:
+    [incremental-head]`` (every strategy of the run); :class:`AVCIL` wires it itself.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.seen_classes: List[int] = []
+
+    @staticmethod
+    def _target(strategy) -> Optional[nn.Module]:
+        model = _unwrap(strategy.model)
+        return model if hasattr(model, "set_active_classes") and hasattr(model, "reset_classes") else None
+
+    def _acts(self, strategy) -> bool:  # one such plugin per strategy acts (AV-CIL's own, else the first)
+        first = next((p for p in strategy.plugins if isinstance(p, IncrementalHeadPlugin)), self)
+        return first is self
+
+    def before_training_exp(self, strategy, **kwargs):
+        model = self._target(strategy)
+        if model is None or not self._acts(strategy):
+            return
+        current = sorted(int(c) for c in strategy.experience.classes_in_this_experience)
+        arriving = sorted(set(current) - set(self.seen_classes))
+        if self.seen_classes:  # the first step builds a fresh model in the code: nothing to reset
+            model.reset_classes(arriving)
+        self.seen_classes = sorted(set(self.seen_classes) | set(current))
+        model.set_active_classes(self.seen_classes)
+
+    def before_eval_exp(self, strategy, **kwargs):
+        model = self._target(strategy)
+        if model is not None and self.seen_classes and self._acts(strategy):
+            model.set_active_classes(self.seen_classes)
+
+
+class _PassiveHead(IncrementalHeadPlugin):
+    """AV-CIL's marker in its strategy's plugins: the AV-CIL plugin grows the head itself."""
+
+    def before_training_exp(self, strategy, **kwargs):
+        pass
+
+    def before_eval_exp(self, strategy, **kwargs):
+        pass
+
+
+@register_plugin("incremental-head", summary="AV-CIL's growing classifier (fresh rows for arriving classes, logits of seen classes only) for any strategy on the av-cil network")
+def _incremental_head(ctx) -> IncrementalHeadPlugin:
+    return IncrementalHeadPlugin()
+
+
+# ---------------------------------------------------------------------------
 # AV-CIL
 # ---------------------------------------------------------------------------
 def _avcil_model(model: nn.Module) -> nn.Module:
@@ -278,6 +342,8 @@ class AVCILPlugin(SupervisedPlugin):
         if not 0.0 <= lam <= 1.0:
             raise ValueError(f"lam must be in [0, 1], got {lam!r}.")
         self.replay = ExemplarReplayPlugin(mem_size=mem_size, mem_batch_size=mem_batch_size, storage_policy=storage_policy)
+        #: placed first in the strategy's plugins, so that an ``incremental-head`` plugin of the run does nothing
+        self.head = _PassiveHead()
         self.temperature, self.lambda_i, self.lambda_c = float(temperature), float(lambda_i), float(lambda_c)
         self.tau_i, self.tau_c, self.lam = float(tau_i), float(tau_c), float(lam)
         self.ce, self.class_contrastive_variant = ce, class_contrastive_variant
@@ -309,7 +375,10 @@ class AVCILPlugin(SupervisedPlugin):
     def before_training_exp(self, strategy, **kwargs):
         model = _avcil_model(strategy.model)
         self.current_classes = sorted(int(c) for c in strategy.experience.classes_in_this_experience)
+        arriving = sorted(set(self.current_classes) - set(self.seen_classes))
         self.seen_classes = sorted(set(self.seen_classes) | set(self.current_classes))
+        if self.old_tasks:  # the code appends freshly initialised rows for a step's new classes
+            model.reset_classes(arriving)
         model.set_active_classes(self.seen_classes)
 
     def after_training_exp(self, strategy, **kwargs):
@@ -410,7 +479,7 @@ class AVCIL(FineTune):
         kwargs.pop("label_smoothing", None)
         super().__init__(
             model=model, optimizer=optimizer, criterion=self.avcil_plugin.criterion(),
-            plugins=[self.avcil_plugin.replay, self.avcil_plugin] + list(plugins or []), **kwargs,
+            plugins=[self.avcil_plugin.head, self.avcil_plugin.replay, self.avcil_plugin] + list(plugins or []), **kwargs,
         )
 
 
@@ -476,6 +545,7 @@ def _build(ctx: BuildContext, params: dict):
 
 __all__ = [
     "AVCIL",
+    "IncrementalHeadPlugin",
     "AVCILPlugin",
     "ExemplarReplayPlugin",
     "make_storage_policy",

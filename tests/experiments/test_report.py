@@ -212,3 +212,20 @@ def test_per_modality_signals_plot(results):
     assert "av_modality_signals.png" in plots and "mtil_modality_signals.png" not in plots
     md = open(os.path.join(results, "report.md")).read()
     assert "### Per-modality training signals\n\n![Per-modality training signals](plots/av_modality_signals.png)" in md
+
+
+def test_greater_over_repeated_studies_compares_means():
+    from avalanche_mm.experiments.config import _check_expectations
+    from avalanche_mm.experiments.report import check_expectations
+
+    sums = {"a": {"x": {"last": 0.9}, "y": {"last": 0.5}}, "b": {"x": {"last": 0.4}, "y": {"last": 0.6}},
+            "c": {"x": {"last": 0.5}}}
+    item = {"study": ["a", "b"], "kind": "greater", "metric": "last", "higher": "x", "lower": "y", "description": "d"}
+    [(holds, text)] = check_expectations([item], sums, {}, {})
+    assert holds and text == "d: x 65.0 vs y 55.0 (mean over 2 runs; x ahead in 1 of 2)"
+    [(holds, text)] = check_expectations([dict(item, study=["a", "c"])], sums, {}, {})
+    assert not holds and "has not run in c" in text
+    assert _check_expectations([item]) is None
+    assert "non-empty list" in _check_expectations([dict(item, study=[])])
+    assert "non-empty list" in _check_expectations([{"study": ["a"], "kind": "at_least", "metric": "last",
+                                                     "strategy": "x", "value": 1}])

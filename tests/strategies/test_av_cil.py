@@ -252,3 +252,68 @@ def test_exemplar_memory_is_class_balanced_and_replayed(tmp_path):
     assert len(counts) == 4 and max(counts.values()) - min(counts.values()) <= 1 and sum(counts.values()) <= 6
     assert all(b == n for b, n in rows[:3]) and rows[-1][0] == rows[-1][1] + 3  # exemplars from the 2nd experience
     assert all(not p.requires_grad for p in strat.avcil_plugin.old_model.parameters())
+
+
+# ---------------------------------------------------------------------------
+# the growing classifier: fresh rows for a step's new classes (the code's incremental_classifier)
+# ---------------------------------------------------------------------------
+def test_arriving_classes_get_fresh_rows_and_others_stay():
+    net = _net()
+    with torch.no_grad():  # what weight decay does to a masked row over a few steps
+        net.classifier.weight.zero_()
+        net.classifier.bias.zero_()
+    torch.manual_seed(3)
+    net.reset_classes([3, 4])
+    w = net.classifier.weight
+    bound = 1 / 7 ** 0.5  # nn.Linear's default initialisation, fan-in 7
+    assert (w[[3, 4]] != 0).all() and (w[[3, 4]].abs() <= bound).all()
+    assert (w[[0, 1, 2, 5]] == 0).all() and (net.classifier.bias[[0, 1, 2, 5]] == 0).all()
+    with pytest.raises(ValueError, match="outside 0..5"):
+        net.reset_classes([6])
+
+
+def test_avcil_plugin_resets_only_classes_of_later_steps():
+    net = _net()
+    plugin = AVCILPlugin(mem_size=10, mem_batch_size=2)
+    first = net.classifier.weight.detach().clone()
+    plugin.before_training_exp(_S(net, _Exp([0, 1, 2])))
+    assert torch.equal(net.classifier.weight, first)  # step 0: the freshly built model
+    plugin.after_training_exp(_S(net, _Exp([0, 1, 2])))
+    with torch.no_grad():
+        net.classifier.weight[3:].zero_()
+    plugin.before_training_exp(_S(net, _Exp([3, 4, 5])))
+    assert (net.classifier.weight[3:] != 0).all() and torch.equal(net.classifier.weight[:3], first[:3])
+    assert net.active.tolist() == [True] * 6
+
+
+def test_incremental_head_plugin_for_other_strategies():
+    from avalanche_mm.models.fusion import ConvEncoder, FusionModel
+    from avalanche_mm.strategies.av_cil import AVCIL, IncrementalHeadPlugin
+
+    net = _net()
+    head, other = IncrementalHeadPlugin(), IncrementalHeadPlugin()
+    s = _S(net, _Exp([0, 1]))
+    s.plugins = [head, other]
+    head.before_training_exp(s)
+    other.before_training_exp(s)  # only the first such plugin of a strategy acts
+    assert net.active.tolist() == [True, True, False, False, False, False] and other.seen_classes == []
+    with torch.no_grad():
+        net.classifier.weight.zero_()
+    s.experience = _Exp([2, 3])
+    head.before_training_exp(s)
+    assert (net.classifier.weight[[2, 3]] != 0).all() and (net.classifier.weight[[0, 1, 4, 5]] == 0).all()
+    net.set_active_classes(None)
+    head.before_eval_exp(s)
+    assert net.active.tolist() == [True] * 4 + [False] * 2
+    # a model without the incremental head: nothing happens
+    fm = FusionModel(encoders={"image": ConvEncoder(in_channels=3, out_dim=4, channels=(4,))}, num_classes=3)
+    f = _S(fm, _Exp([0]))
+    f.plugins = [head]
+    IncrementalHeadPlugin().before_training_exp(f)
+    # AV-CIL's own plugin grows the head: a run's incremental-head plugin then stands aside
+    strategy = AVCIL(model=_net(), optimizer=torch.optim.SGD(_net().parameters(), lr=0.1), mem_size=4, train_mb_size=4)
+    heads = [p for p in strategy.plugins if isinstance(p, IncrementalHeadPlugin)]
+    assert heads == [strategy.avcil_plugin.head]
+    late = IncrementalHeadPlugin()
+    strategy.plugins.append(late)
+    assert strategy.avcil_plugin.head._acts(strategy) and not late._acts(strategy)

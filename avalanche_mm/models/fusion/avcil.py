@@ -18,7 +18,8 @@ reshaped with ``frames``). The released model
 The class-incremental classifier is a fixed-capacity linear head whose not-yet
 active classes are masked to ``-1e4`` (:meth:`AVCILNet.set_active_classes`):
 the same function as the released ``incremental_classifier`` (which appends
-freshly initialised rows for the new classes) with a state dict whose shapes
+freshly initialised rows for the new classes; :meth:`AVCILNet.reset_classes`
+re-initialises the rows of arriving classes) with a state dict whose shapes
 never change, so checkpoints resume. By default every class is active.
 
 Side channel for the strategies and the imbalance metrics (set on every forward):
@@ -159,6 +160,22 @@ class AVCILNet(nn.Module):
                 raise ValueError(f"AVCILNet: classes {bad} outside 0..{self.num_classes - 1}.")
             self.active.fill_(False)
             self.active[idx] = True
+
+    def reset_classes(self, classes: Iterable[int]) -> None:
+        """Give the classifier rows of ``classes`` a fresh initialisation (the default
+        ``nn.Linear`` one), as the released ``incremental_classifier`` does for the classes
+        a step adds: an inactive row is otherwise not fresh when its class arrives (an
+        optimizer's weight decay keeps shrinking it while it is masked)."""
+        idx = sorted(int(c) for c in classes)
+        bad = [c for c in idx if not 0 <= c < self.num_classes]
+        if bad:
+            raise ValueError(f"AVCILNet: classes {bad} outside 0..{self.num_classes - 1}.")
+        if not idx:
+            return
+        fresh = nn.Linear(self.hidden_dim, len(idx)).to(self.classifier.weight.device, self.classifier.weight.dtype)
+        with torch.no_grad():
+            self.classifier.weight[idx] = fresh.weight
+            self.classifier.bias[idx] = fresh.bias
 
     def _visual_tokens(self, v: Tensor) -> Tensor:
         enc = self.encoders[self.visual_key].raw
