@@ -349,6 +349,7 @@ def demo_av(
     test_per_class: Count = 20,
     modalities: Sequence[str] = ("image", "audio"),
     seed: Annotated[int, Range(ge=0)] = 0,
+    validation_size: Annotated[float, Range(ge=0.0, lt=1.0)] = 0.0,
 ) -> BenchmarkBundle:
     """Audio-visual-style class-incremental stream of the procedural world.
 
@@ -362,6 +363,8 @@ def demo_av(
     :param test_per_class: test samples per class.
     :param modalities: the modalities of the samples.
     :param seed: seed of classes and order.
+    :param validation_size: fraction of each class's training samples moved to a ``valid``
+        stream (0: none).
     """
     wp = dict(world or {})
     w = _make_world(wp)
@@ -372,6 +375,7 @@ def demo_av(
         test_per_class=test_per_class,
         modalities=tuple(modalities),
         seed=seed,
+        validation_size=validation_size,
     )
     return BenchmarkBundle(
         name="demo-av",

@@ -426,7 +426,7 @@ def run_strategy(
         from avalanche_mm.strategies.mixed_precision import MixedPrecisionPlugin
 
         plugins.append(MixedPrecisionPlugin(precision=training["precision"], tf32=training.get("tf32", True)))
-    plugins += _extra_plugins(config, extra_plugins, PluginContext(study=study_name, strategy=strategy_name, output=out, folder=folder))
+    plugins += _extra_plugins(config, extra_plugins, PluginContext(study=study_name, strategy=strategy_name, output=out, folder=folder, bundle=prepared.bundle))
     ctx = BuildContext(model=model, kind=prepared.kind, training=training, device=device, evaluator=evaluator, plugins=plugins, bundle=prepared.bundle, seed=seed, world_size=D.world_size())
     strategy = spec.build(ctx, params)
     workers = training["num_workers"]

@@ -260,6 +260,96 @@ def _incremental_head(ctx) -> IncrementalHeadPlugin:
 
 
 # ---------------------------------------------------------------------------
+# the released code's model selection: the epoch with the best validation accuracy
+# ---------------------------------------------------------------------------
+class BestValidEpochPlugin(SupervisedPlugin):
+    """Keep, at every experience, the epoch with the best validation accuracy (the released
+    AV-CIL code's ``step_{k}_best_model``): after each training epoch the model's top-1
+    accuracy on the validation samples of every class seen so far (the benchmark's ``valid``
+    stream, experiences ``0..k``) is measured, and the weights of the best epoch (strictly
+    better than the earlier ones, as the code) are restored when the experience ends.
+
+    The benchmark must have a ``valid`` stream (the avcil-* benchmarks' official ``val``
+    split; ``validation_size`` of the world benchmarks). Plugins that read the model at the
+    end of an experience (AV-CIL's old model) call :meth:`restore` first.
+    Config: ``plugins: [best-valid-epoch]`` (every strategy of the run).
+
+    :param valid_stream: the benchmark's ``valid`` stream (experience ``k`` holds the
+        validation samples of the classes of training experience ``k``).
+    :param eval_batch_size: validation minibatch size.
+    """
+
+    def __init__(self, valid_stream, eval_batch_size: int = 256):
+        super().__init__()
+        if valid_stream is None:
+            raise ValueError(
+                "best-valid-epoch: the benchmark has no 'valid' stream; give it a validation split "
+                "(the world benchmarks' validation_size, the avcil-* benchmarks' validation: true) "
+                "or drop the plugin."
+            )
+        self.valid_stream = valid_stream
+        self.eval_batch_size = int(eval_batch_size)
+        self.best_acc: float = 0.0
+        self.best_state: Optional[Dict[str, Tensor]] = None
+        self.history: List[float] = []
+        self._valid: List[Any] = []
+
+    def before_training_exp(self, strategy, **kwargs):
+        k = int(strategy.experience.current_experience)
+        self._valid = [self.valid_stream[i].dataset for i in range(min(k + 1, len(self.valid_stream)))]
+        self.best_acc, self.best_state, self.history = 0.0, None, []
+
+    @torch.no_grad()
+    def accuracy(self, strategy) -> float:
+        """Top-1 accuracy of ``strategy.model`` on the validation samples of the seen classes."""
+        model = strategy.model
+        was_training = model.training
+        model.eval()
+        correct = total = 0
+        try:
+            for data in self._valid:
+                loader = torch.utils.data.DataLoader(data, batch_size=self.eval_batch_size, shuffle=False,
+                                                     collate_fn=resolve_collate(data, strategy))
+                for batch in loader:
+                    x, y = to_device(batch[0], strategy.device), batch[1].to(strategy.device)
+                    correct += int((model(x).argmax(1) == y).sum())
+                    total += int(y.shape[0])
+        finally:
+            model.train(was_training)
+        return correct / max(1, total)
+
+    def after_training_epoch(self, strategy, **kwargs):
+        acc = self.accuracy(strategy)
+        self.history.append(acc)
+        if self.best_state is None or acc > self.best_acc:  # the first epoch is kept even at 0%
+            self.best_acc = acc
+            self.best_state = {k: v.detach().clone() for k, v in _unwrap(strategy.model).state_dict().items()}
+
+    def restore(self, strategy) -> None:
+        """Load the best epoch's weights (once per experience)."""
+        if self.best_state is not None:
+            _unwrap(strategy.model).load_state_dict(self.best_state)
+            self.best_state = None
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.restore(strategy)
+        self._valid = []
+
+    def state_dict(self) -> Dict[str, Any]:
+        """What a checkpoint keeps (taken between experiences: the last one's validation curve)."""
+        return {"history": list(self.history), "best_acc": float(self.best_acc)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.history, self.best_acc = list(state["history"]), float(state["best_acc"])
+
+
+@register_plugin("best-valid-epoch", summary="keep each experience's epoch with the best accuracy on the valid stream (the released AV-CIL code's model selection)")
+def _best_valid_epoch(ctx) -> BestValidEpochPlugin:
+    scenario = getattr(ctx.bundle, "scenario", None)
+    return BestValidEpochPlugin(getattr(scenario, "valid_stream", None))
+
+
+# ---------------------------------------------------------------------------
 # AV-CIL
 # ---------------------------------------------------------------------------
 def _avcil_model(model: nn.Module) -> nn.Module:
@@ -382,6 +472,9 @@ class AVCILPlugin(SupervisedPlugin):
         model.set_active_classes(self.seen_classes)
 
     def after_training_exp(self, strategy, **kwargs):
+        for p in getattr(strategy, "plugins", ()):  # the kept epoch, not the last one, becomes the old model
+            if isinstance(p, BestValidEpochPlugin):
+                p.restore(strategy)
         self.old_tasks.append(list(self.current_classes))
         model = _avcil_model(strategy.model)
         model.clear_side_channel()  # non-leaf tensors of the last forward cannot be deep-copied
@@ -546,6 +639,7 @@ def _build(ctx: BuildContext, params: dict):
 __all__ = [
     "AVCIL",
     "IncrementalHeadPlugin",
+    "BestValidEpochPlugin",
     "AVCILPlugin",
     "ExemplarReplayPlugin",
     "make_storage_policy",

@@ -343,12 +343,14 @@ class PluginContext:
     :ivar strategy: the strategy's display name.
     :ivar output: the run's results folder.
     :ivar folder: the strategy's results folder.
+    :ivar bundle: the study's benchmark bundle (scenario, class names, ...), when known.
     """
 
     study: str
     strategy: str
     output: str
     folder: str
+    bundle: Any = None
 
 
 def register_plugin(name: str, *, summary: str = ""):

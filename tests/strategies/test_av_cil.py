@@ -317,3 +317,49 @@ def test_incremental_head_plugin_for_other_strategies():
     late = IncrementalHeadPlugin()
     strategy.plugins.append(late)
     assert strategy.avcil_plugin.head._acts(strategy) and not late._acts(strategy)
+
+
+# ---------------------------------------------------------------------------
+# the released code's model selection (best validation epoch)
+# ---------------------------------------------------------------------------
+class _ValidExp:
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+
+def test_best_valid_epoch_restores_the_best_epoch_and_the_old_model_is_it():
+    from avalanche_mm.strategies.av_cil import BestValidEpochPlugin
+
+    net = _net(C=2)
+    x = _x(B=4)
+    y = torch.tensor([0, 1, 0, 1])
+
+    class _DictData(torch.utils.data.Dataset):  # the network reads {"audio", "video"} batches
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return {"audio": x["audio"][i], "video": x["video"][i]}, y[i]
+
+    bv = BestValidEpochPlugin([_ValidExp(_DictData())], eval_batch_size=3)
+    s = _S(net, _Exp([0, 1]))
+    s.experience.current_experience, s.device = 0, "cpu"
+    bv.before_training_exp(s)
+    states, accs = [], []
+    for seed in range(6):  # six "epochs": random heads, each validated
+        torch.manual_seed(seed)
+        net.classifier.reset_parameters()
+        bv.after_training_epoch(s)
+        states.append({k: v.clone() for k, v in net.state_dict().items()})
+        accs.append(bv.history[-1])
+    best = max(range(6), key=lambda i: (accs[i], -i))  # the first epoch reaching the best accuracy
+    assert bv.best_acc == accs[best] and len(set(accs)) > 1
+    expected = (net(x).argmax(1) == y).float().mean().item()
+    assert expected == accs[-1]  # the validation accuracy is the model's top-1
+    plugin = AVCILPlugin(mem_size=4, mem_batch_size=2)
+    s.plugins = [plugin, bv]  # AV-CIL's old model must be the kept epoch, whatever the plugin order
+    plugin.after_training_exp(s)
+    for k, v in states[best].items():
+        assert torch.equal(net.state_dict()[k], v) and torch.equal(plugin.old_model.state_dict()[k], v)
+    with pytest.raises(ValueError, match="no 'valid' stream"):
+        BestValidEpochPlugin(None)
