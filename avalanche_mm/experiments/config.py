@@ -256,6 +256,10 @@ STUDY = Section(
         "training": TRAINING,
         "evaluation": EVALUATION,
         "strategies": MapOf(_strategy_entry, min_items=1, help="display name -> method and parameters"),
+        "plugins": Opt(
+            "list", [], item="str",
+            help="extra plugins added to every strategy of this study, after the run's plugins (plugin registry names)",
+        ),
     },
     help="one benchmark, one model, several strategies",
 )
@@ -499,6 +503,7 @@ def validate_config(raw: Mapping[str, Any], *, source: Optional[str] = None) -> 
     _check_names(out.get("plugins"), _PLUGINS, "plugins", errors)
     for sname, study in (out.get("studies") or {}).items():
         if isinstance(study, dict):
+            _check_names(study.get("plugins"), _PLUGINS, f"studies.{sname}.plugins", errors)
             _check_study(sname, study, errors)
     if errors:
         raise ConfigError(errors, source=source)

@@ -294,10 +294,12 @@ _CORE_ORDER = ("accuracy", "loss", "accuracy-matrix", "training-time")
 
 
 def _extra_plugins(config: Mapping[str, Any], extra: Sequence[Any], ctx: PluginContext) -> List[Any]:
-    """The plugins a config's ``plugins`` names (:data:`~avalanche_mm.strategies.registry.PLUGINS`)
-    and those given to :func:`run_experiment` (factories ``ctx -> plugin`` or names)."""
+    """The plugins a config's ``plugins`` and the study's ``plugins`` name
+    (:data:`~avalanche_mm.strategies.registry.PLUGINS`) and those given to
+    :func:`run_experiment` (factories ``ctx -> plugin`` or names)."""
     out = []
-    for item in list(config.get("plugins") or []) + list(extra or []):
+    study = (config.get("studies") or {}).get(ctx.study) or {}
+    for item in list(config.get("plugins") or []) + list(study.get("plugins") or []) + list(extra or []):
         factory = PLUGINS[item] if isinstance(item, str) else item
         plugin = factory(ctx)
         if plugin is not None:

@@ -146,3 +146,18 @@ def test_samm_recipe_builds_its_video_model_on_fixture_clips(tmp_path, capsys):
             "studies.seq-vggsound.benchmark.params.image_size=16"]
     assert main(["check", "av/samm-seq-vggsound"] + [a for s in sets for a in ("--set", s)]) == 0, capsys.readouterr().err
     assert "config OK" in capsys.readouterr().err
+
+
+def test_study_plugins_are_added_to_that_study_only():
+    from avalanche_mm.experiments.config import ConfigError, validate_config
+    from avalanche_mm.experiments.runner import _extra_plugins
+    from avalanche_mm.strategies.av_cil import IncrementalHeadPlugin
+    from avalanche_mm.strategies.registry import PluginContext
+
+    cfg = {"plugins": [], "studies": {"s": {"plugins": ["incremental-head"]}, "t": {}}}
+    got = {st: _extra_plugins(cfg, [], PluginContext(study=st, strategy="x", output="o", folder="f")) for st in ("s", "t")}
+    assert [type(p) for p in got["s"]] == [IncrementalHeadPlugin] and got["t"] == []
+    raw = yaml.safe_load(yaml.safe_dump(CFG))
+    raw["studies"]["late"]["plugins"] = ["incremental-hed"]
+    with pytest.raises(ConfigError, match=r"studies.late.plugins\[0\]: got 'incremental-hed'"):
+        validate_config(raw)
