@@ -24,8 +24,14 @@ What keeps the replicas identical (see :class:`avalanche_mm.strategies.Multimoda
   parameter and buffer is compared across ranks, and a mismatch stops the run
   naming the experience (a method with rank-local state is not DDP-safe).
 
-Evaluation is replicated (every rank evaluates the whole test stream, so the
-metrics are exact without a gather); only rank 0 writes files and logs.
+Evaluation is sharded by default (``distributed.eval: sharded``): every
+*global* evaluation minibatch is split into contiguous, disjoint slices, one per
+rank (:func:`shard_eval_batches`, no padding duplicates), each rank runs the
+forward pass on its slice, and :func:`all_gather_rows` puts the global
+minibatch (inputs, targets, task labels, outputs) back together, in the
+1-process order, on every rank before the metrics read it - so every metric
+sees what a 1-process evaluation sees. ``distributed.eval: replicated`` makes
+every rank evaluate the whole stream instead. Only rank 0 writes files and logs.
 """
 
 from __future__ import annotations
@@ -286,6 +292,216 @@ def broadcast_module(module: nn.Module, src: int = 0) -> None:
         dist.broadcast(t.data, src=src)
 
 
+# ---------------------------------------------------------------------------
+# sharded evaluation
+# ---------------------------------------------------------------------------
+#: the evaluation modes (``distributed.eval``)
+EVAL_MODES = ("sharded", "replicated")
+
+
+def eval_shard_counts(n: int, batch: int, world: int) -> List[List[int]]:
+    """Rows each rank takes of each global evaluation minibatch.
+
+    A stream of ``n`` samples read in global minibatches of ``batch`` (the last
+    one shorter) gives ``ceil(n / batch)`` minibatches; minibatch ``k`` of
+    ``n_k`` rows is split into ``world`` contiguous slices whose sizes differ by
+    at most one (the first ``n_k % world`` ranks take one more). A rank may get
+    0 rows (a minibatch smaller than the world); it still takes part in the
+    iteration. Pure function.
+
+    :return: ``counts[k][r]``: rows of minibatch ``k`` that rank ``r`` evaluates.
+    :raises ValueError: a negative ``n`` or a non-positive ``batch``/``world``.
+    """
+    n, batch, world = int(n), int(batch), int(world)
+    if n < 0 or batch < 1 or world < 1:
+        raise ValueError(f"eval_shard_counts: expected n >= 0, batch >= 1, world >= 1; got n={n}, batch={batch}, world={world}")
+    out = []
+    for start in range(0, n, batch):
+        n_k = min(batch, n - start)
+        base, extra = divmod(n_k, world)
+        out.append([base + (1 if r < extra else 0) for r in range(world)])
+    return out
+
+
+def shard_eval_batches(n: int, batch: int, world: int, rank: int) -> List[List[int]]:
+    """The dataset indices rank ``rank`` evaluates in each global minibatch.
+
+    Global minibatch ``k`` holds indices ``k*batch ... min((k+1)*batch, n) - 1``
+    (the 1-process evaluation order); rank ``r`` takes the ``r``-th contiguous
+    slice of it (sizes from :func:`eval_shard_counts`), so the slices of all
+    ranks, concatenated in rank order, are exactly that minibatch: no sample is
+    skipped or repeated (unlike ``DistributedSampler``, which pads by repeating
+    samples). Pure function.
+
+    :return: one (possibly empty) list of indices per global minibatch.
+    """
+    if not 0 <= int(rank) < int(world):
+        raise ValueError(f"shard_eval_batches: rank {rank} is not in [0, {world})")
+    out = []
+    for k, counts in enumerate(eval_shard_counts(n, batch, world)):
+        lo = k * int(batch) + sum(counts[:rank])
+        out.append(list(range(lo, lo + counts[rank])))
+    return out
+
+
+class _Leaf:
+    __slots__ = ("tensor", "pad")
+
+    def __init__(self, tensor: torch.Tensor, pad: float):
+        self.tensor, self.pad = tensor, pad
+
+
+def _flatten_rows(obj: Any, leaves: List[_Leaf], where: str):
+    """Collect the tensors of a nested batch; return a function rebuilding it from new tensors."""
+    from avalanche_mm.data.batch import MultimodalBatch
+
+    if obj is None:
+        return lambda it: None
+    if isinstance(obj, torch.Tensor):
+        if obj.dim() == 0:
+            raise DistributedError(
+                f"sharded evaluation: {where} is a 0-d tensor (no batch axis) and cannot be gathered "
+                "row-wise; set distributed.eval: replicated"
+            )
+        leaves.append(_Leaf(obj, 0.0))
+        return lambda it: next(it)
+    if isinstance(obj, MultimodalBatch):
+        names = list(obj.keys())
+        for m in names:
+            leaves.append(_Leaf(obj[m], float(obj.pad_values.get(m, 0))))
+        for m in names:
+            leaves.append(_Leaf(obj.present[m], 0.0))
+        len_names = list(obj.lengths.keys())
+        for m in len_names:
+            leaves.append(_Leaf(obj.lengths[m], 0.0))
+        pads = dict(obj.pad_values)
+
+        def rebuild_mm(it):
+            data = {m: next(it) for m in names}
+            present = {m: next(it) for m in names}
+            lengths = {m: next(it) for m in len_names}
+            return MultimodalBatch(data, present=present, lengths=lengths, pad_values=pads)
+
+        return rebuild_mm
+    if isinstance(obj, dict):
+        keys = list(obj.keys())
+        parts = [_flatten_rows(obj[k], leaves, f"{where}[{k!r}]") for k in keys]
+        kind = type(obj)
+
+        def rebuild_map(it):
+            d = {k: p(it) for k, p in zip(keys, parts)}
+            try:
+                return kind(d)
+            except TypeError:
+                return d
+
+        return rebuild_map
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        parts = [_flatten_rows(v, leaves, f"{where}.{f}") for f, v in zip(obj._fields, obj)]
+        return lambda it: type(obj)(*(p(it) for p in parts))
+    if isinstance(obj, (list, tuple)):
+        parts = [_flatten_rows(v, leaves, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return lambda it: type(obj)(p(it) for p in parts)
+    raise DistributedError(
+        f"sharded evaluation: {where} is a {type(obj).__name__}, which cannot be gathered across "
+        "ranks (only tensors, multimodal batches, dicts, lists and tuples of them can); "
+        "set distributed.eval: replicated"
+    )
+
+
+def _to_bytes(t: torch.Tensor) -> torch.Tensor:
+    t = t.contiguous().reshape(-1)
+    if t.dtype == torch.bool:
+        t = t.to(torch.uint8)
+    return t.view(torch.uint8)
+
+
+def _from_bytes(b: torch.Tensor, dtype: torch.dtype, shape) -> torch.Tensor:
+    if dtype == torch.bool:
+        return b.view(torch.uint8).reshape(shape).bool()
+    return b.view(dtype).reshape(shape)
+
+
+def all_gather_rows(obj: Any, counts: Sequence[int], *, where: str = "minibatch") -> Any:
+    """Gather a nested batch whose tensors hold this rank's rows, in rank order.
+
+    Every tensor of ``obj`` (tensors, :class:`~avalanche_mm.data.MultimodalBatch`
+    with its presence masks and lengths, dicts, lists, tuples, named tuples;
+    None kept) has the batch on axis 0: this rank's ``counts[rank]`` rows. The
+    result has the same structure and, in every tensor, the rows of rank 0,
+    then rank 1, ... (the 1-process order when the ranks hold consecutive
+    slices, :func:`shard_eval_batches`). Ranks may disagree on the other axes'
+    sizes (a variable-length modality padded to a rank-local longest row): each
+    tensor is padded to the largest size with its pad value (a multimodal
+    batch's ``pad_values``, else 0), as the collate pads a global minibatch.
+    Two collectives: the shapes, then one byte buffer with every tensor.
+
+    :param counts: rows per rank (the same list on every rank). A rank whose
+        count is 0 contributes nothing: its tensors may hold placeholder rows
+        (the forward pass of a rank without rows in the last minibatch runs on one).
+    :param where: what is gathered (named in errors).
+    """
+    w, r = world_size(), rank()
+    counts = [int(c) for c in counts]
+    if len(counts) != w:
+        raise DistributedError(f"all_gather_rows: {len(counts)} counts for {w} ranks")
+    leaves: List[_Leaf] = []
+    rebuild = _flatten_rows(obj, leaves, where)
+    if w <= 1 or not leaves:
+        return obj
+    for leaf in leaves:
+        if counts[r] and leaf.tensor.shape[0] != counts[r]:
+            raise DistributedError(
+                f"sharded evaluation: a tensor of the {where} has {leaf.tensor.shape[0]} rows, expected {counts[r]} "
+                "(this rank's slice of the global minibatch); a model or plugin that changes the number of "
+                "rows cannot be evaluated sharded; set distributed.eval: replicated"
+            )
+        leaf.tensor = leaf.tensor[: counts[r]]
+    device = leaves[0].tensor.device
+    # 1) the trailing shapes of every tensor on every rank
+    dims = [leaf.tensor.dim() for leaf in leaves]
+    mine = torch.tensor([s for leaf in leaves for s in leaf.tensor.shape[1:]] + [len(leaves)], dtype=torch.int64, device=device)
+    shapes = [torch.zeros_like(mine) for _ in range(w)]
+    dist.all_gather(shapes, mine)
+    shapes = [s.tolist() for s in shapes]
+    if any(s[-1] != len(leaves) for s in shapes):
+        raise DistributedError(f"sharded evaluation: the ranks' {where} have different structures")
+    trailing: List[List[tuple]] = []  # [leaf][rank] -> trailing shape
+    off = 0
+    for d in dims:
+        trailing.append([tuple(s[off: off + d - 1]) for s in shapes])
+        off += d - 1
+    # 2) one byte buffer: every tensor padded to (max rows, max trailing shape)
+    max_rows = max(counts)
+    parts, layout = [], []
+    for leaf, tr in zip(leaves, trailing):
+        t = leaf.tensor
+        full = tuple(max(x) for x in zip(*tr)) if tr[0] else ()
+        padded = t.new_full((max_rows, *full), leaf.pad) if t.dtype != torch.bool else t.new_zeros((max_rows, *full))
+        padded[tuple(slice(0, n) for n in t.shape)] = t
+        b = _to_bytes(padded)
+        extra = (-b.numel()) % 8  # keep every tensor 8-byte aligned in the buffer
+        parts.append(b)
+        if extra:
+            parts.append(torch.zeros(extra, dtype=torch.uint8, device=device))
+        layout.append((t.dtype, full, b.numel(), b.numel() + extra))
+    buf = torch.cat(parts)
+    bufs = [torch.empty_like(buf) for _ in range(w)]
+    dist.all_gather(bufs, buf)
+    out = []
+    pos = 0
+    for leaf, (dtype, full, nbytes, step) in zip(leaves, layout):
+        pieces = []
+        for q in range(w):
+            if counts[q] == 0:
+                continue
+            t = _from_bytes(bufs[q][pos: pos + nbytes], dtype, (max_rows, *full))
+            pieces.append(t[: counts[q]])
+        out.append(torch.cat(pieces) if pieces else leaf.tensor)
+        pos += step
+    return rebuild(iter(out))
+
+
 def usable_cpus() -> int:
     """CPU cores this process may run on."""
     try:
@@ -341,6 +557,10 @@ __all__ = [
     "state_checksum",
     "check_replicas_equal",
     "broadcast_module",
+    "EVAL_MODES",
+    "eval_shard_counts",
+    "shard_eval_batches",
+    "all_gather_rows",
     "usable_cpus",
     "check_launch",
 ]

@@ -429,6 +429,8 @@ def run_strategy(
     plugins += _extra_plugins(config, extra_plugins, PluginContext(study=study_name, strategy=strategy_name, output=out, folder=folder))
     ctx = BuildContext(model=model, kind=prepared.kind, training=training, device=device, evaluator=evaluator, plugins=plugins, bundle=prepared.bundle, seed=seed, world_size=D.world_size())
     strategy = spec.build(ctx, params)
+    if hasattr(type(strategy), "distributed_eval"):  # our templates (MultimodalTemplateMixin)
+        strategy.distributed_eval = config["distributed"]["eval"]
     workers = training["num_workers"]
     sources = [e.dataset for e in scenario.train_stream]  # replay buffers are saved as indices into these
     try:
