@@ -575,8 +575,6 @@ class MoEAdaptersPlugin(SupervisedPlugin):
     def before_eval_forward(self, strategy, **kwargs):
         routes = self.select(strategy)
         self.routes = routes
-        for r in routes.tolist():
-            self.route_counts[r] = self.route_counts.get(r, 0) + 1
         unique = torch.unique(routes).tolist()
         if len(unique) == 1:  # one route for the batch: applied for the template's forward
             self._route_ctx = contextlib.ExitStack()
@@ -586,6 +584,16 @@ class MoEAdaptersPlugin(SupervisedPlugin):
         if self._route_ctx is not None:
             self._route_ctx.close()
             self._route_ctx = None
+
+    def after_eval_iteration(self, strategy, **kwargs):
+        if self.routes is None:
+            return
+        # counted once the minibatch is whole: under sharded evaluation (several processes) the
+        # routes were chosen on this rank's rows and are gathered (identity otherwise)
+        gather = getattr(strategy, "gather_eval_rows", None)
+        routes = gather(self.routes) if callable(gather) else self.routes
+        for r in routes.tolist():
+            self.route_counts[r] = self.route_counts.get(r, 0) + 1
 
     def after_eval(self, strategy, **kwargs):
         self.routes = None
