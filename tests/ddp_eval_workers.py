@@ -93,6 +93,14 @@ def _evaluate(cfg, prepared, mode: str):
     strategy.distributed_eval = mode
     rows = _RowCounter()
     strategy.plugins.append(rows)
+
+    def count(module, args):  # every evaluation forward pass, the modality-ablation ones included
+        if not module.training and rows.rows:
+            from avalanche_mm.data.batch import batch_size
+
+            rows.rows[-1] += batch_size(args[0])
+
+    model.register_forward_pre_hook(count)
     scenario = prepared.bundle.scenario
     exps = _resize(scenario.test_stream, SIZES)
     if prepared.cfg["evaluation"]["initial"]:  # the baseline row (forward transfer, MTIL Transfer)
@@ -112,19 +120,24 @@ def _evaluate(cfg, prepared, mode: str):
 
 
 class _RowCounter(SupervisedPlugin):
-    """Counts the rows of the minibatches this rank runs its evaluation forward pass on."""
+    """Holds the rows this rank's evaluation forward passes ran on (counted by a hook on the
+    model, one count per evaluated experience), and checks that per-row state a plugin keeps from ``before_eval_forward`` (here the targets
+    of its rows), gathered with ``strategy.gather_eval_rows`` (as S-liPrompts and MoE-Adapters
+    do), is the global minibatch's."""
 
     def __init__(self):
         super().__init__()
         self.rows = []
+        self._mine = None
 
     def before_eval_exp(self, strategy, **kwargs):
         self.rows.append(0)
 
     def before_eval_forward(self, strategy, **kwargs):
-        from avalanche_mm.data.batch import batch_size
+        self._mine = strategy.mb_y.clone()
 
-        self.rows[-1] += batch_size(strategy.mb_x)
+    def after_eval_iteration(self, strategy, **kwargs):
+        assert torch.equal(strategy.gather_eval_rows(self._mine), strategy.mb_y)
 
 
 def gather_case(rank, world, out):
