@@ -12,6 +12,14 @@ logs per experience and per stream:
   ``RetrievalR1_BWT``, ``RetrievalMeanRecall_AvgSeen`` (stream level), and the current row
   of every matrix as ``RetrievalMatrix_i2t_R1_Phase002`` etc. (stream level, one per test phase).
 
+With ``shared_test_sets=True`` the test experiences are fixed test sets evaluated after every
+phase (Mod-X: Flickr30K 1K and COCO 5K test splits); the matrix is ``[phases, test sets]``,
+``RetrievalMatrix_*_PhaseNNN`` is test set NNN's column, and the stream summaries are
+``RetrievalR1_AvgAll``, ``RetrievalR1_Forgetting``, ``RetrievalR1_BWT`` and
+``RetrievalR1_FromInitial`` (when the initial model was evaluated) of
+:func:`~avalanche_mm.metrics.functional.retrieval_stream.shared_test_summary` (likewise
+``RetrievalMeanRecall_*``).
+
 :class:`ZeroShotHeldOut` logs zero-shot classification accuracy on a held-out task
 (Mod-X reports zero-shot transfer next to retrieval) after every evaluation.
 Formulas: :mod:`avalanche_mm.metrics.functional.retrieval_stream`.
@@ -41,6 +49,7 @@ from avalanche_mm.metrics.functional.retrieval_stream import (
     recall_keys,
     recall_matrices,
     retrieval_stream_summary,
+    shared_test_summary,
 )
 
 #: the per-experience metric the main job reads as the matrix row of a retrieval study
@@ -67,10 +76,13 @@ class RetrievalStreamMetric(PluginMetric[Dict[str, np.ndarray]]):
 
     :param ks: the recall cut-offs.
     :param stream_name: the evaluation stream to track.
+    :param shared_test_sets: the test experiences are fixed test sets evaluated after every
+        phase (columns = test sets), not one test set per phase.
     """
 
-    def __init__(self, *, ks: Sequence[int] = (1, 5, 10), stream_name: str = "test"):
+    def __init__(self, *, ks: Sequence[int] = (1, 5, 10), stream_name: str = "test", shared_test_sets: bool = False):
         super().__init__()
+        self.shared_test_sets = bool(shared_test_sets)
         self.ks = tuple(int(k) for k in ks)
         if not self.ks or any(k < 1 for k in self.ks):
             raise ValueError(f"ks must be positive integers, got {ks!r}.")
@@ -151,6 +163,18 @@ class RetrievalStreamMetric(PluginMetric[Dict[str, np.ndarray]]):
         if row is None or not mats or row not in self.rows:
             return {}
         out: Dict[str, float] = {}
+        if self.shared_test_sets:
+            base = recall_matrices([[self.baseline.get(i) for i in range(mats["R@1"].shape[1])]], ks=self.ks) \
+                if self.baseline else None
+            names = {"avg_all": "AvgAll", "forgetting": "Forgetting", "bwt": "BWT", "from_initial": "FromInitial"}
+            for key, prefix in (("R@1", "RetrievalR1"), ("mean_recall", "RetrievalMeanRecall")):
+                try:
+                    summ = shared_test_summary(mats[key][: row + 1], step=row,
+                                               baseline=None if base is None else base[key][0])
+                except ValueError:
+                    continue
+                out.update({f"{prefix}_{names[k]}": v for k, v in summ.items()})
+            return out
         for key, prefix in (("R@1", "RetrievalR1"), ("mean_recall", "RetrievalMeanRecall")):
             mat = mats[key][: row + 1]
             if not np.isfinite(mat[row, : row + 1]).all():
