@@ -153,7 +153,7 @@ def retrieval_metrics(prepared, model) -> List[Any]:
     out: List[Any] = list(loss_metrics(epoch=True, stream=True))
     out += [RetrievalStreamMetric(ks=(1, 5, 10), shared_test_sets=prepared.bundle.shared_test_sets), TrainingTime()]
     backbone = find_backbone(prepared.initial_model)
-    zs = getattr(prepared.bundle, "zero_shot", None)
+    zs = getattr(prepared.bundle, "zero_shot", None) or getattr(prepared.bundle.scenario, "zero_shot", None)
     if zs is not None:
         out.append(ZeroShotHeldOut(zs["images"], zs["labels"], backbone.tokenize(zs["prompts"]), name=zs.get("name", "heldout")))
     ev = prepared.cfg["evaluation"]

@@ -211,18 +211,19 @@ class ZeroShotHeldOut(PluginMetric[float]):
 
     Logs ``ZeroShotHeldOut_Acc/eval_phase/<name>_probe``.
 
-    :param images: ``[N, 3, H, W]`` preprocessed images of the held-out task.
+    :param images: ``[N, 3, H, W]`` preprocessed images of the held-out task, or a sequence of
+        ``[3, H, W]`` images read one by one (e.g. a lazy folder of real images).
     :param labels: ``[N]`` class indices.
     :param class_texts: token ids ``[C, L]`` of one prompt per class (e.g. ``backbone.tokenize``).
     :param name: the task's name in the logged metric.
     :param stream_name: the evaluation stream after which it runs.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, class_texts: Tensor, *, name: str = "heldout",
+    def __init__(self, images, labels: Tensor, class_texts: Tensor, *, name: str = "heldout",
                  stream_name: str = "test", batch_size: int = 256):
         super().__init__()
-        if images.shape[0] != labels.shape[0]:
-            raise ValueError(f"ZeroShotHeldOut: {images.shape[0]} images but {labels.shape[0]} labels.")
+        if len(images) != labels.shape[0]:
+            raise ValueError(f"ZeroShotHeldOut: {len(images)} images but {labels.shape[0]} labels.")
         if int(labels.max()) >= class_texts.shape[0]:
             raise ValueError(
                 f"ZeroShotHeldOut: labels go up to {int(labels.max())} but there are "
@@ -251,11 +252,14 @@ class ZeroShotHeldOut(PluginMetric[float]):
         with eval_mode(model):
             txt = F.normalize(bb.encode_text(self.class_texts.to(device)).float(), dim=-1)
             correct = 0
-            for s in range(0, self.images.shape[0], self.batch_size):
-                img = F.normalize(bb.encode_image(self.images[s : s + self.batch_size].to(device)).float(), dim=-1)
+            n = len(self.images)
+            for s in range(0, n, self.batch_size):
+                e = min(s + self.batch_size, n)
+                batch = self.images[s:e] if isinstance(self.images, Tensor) else torch.stack([self.images[i] for i in range(s, e)])
+                img = F.normalize(bb.encode_image(batch.float().to(device)).float(), dim=-1)
                 pred = (img @ txt.t()).argmax(1).cpu()
-                correct += int((pred == self.labels[s : s + self.batch_size]).sum())
-        return correct / self.images.shape[0]
+                correct += int((pred == self.labels[s:e]).sum())
+        return correct / n
 
     def after_eval(self, strategy) -> Optional[List[MetricValue]]:
         if current_stream_name(strategy) != self.stream_name:

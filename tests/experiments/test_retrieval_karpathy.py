@@ -112,7 +112,7 @@ def _config(tmp_path):
             "flickr": {
                 "benchmark": {"name": "flickr30k-retrieval", "data_root": str(tmp_path / "f30k"),
                               "params": {"num_phases": 2, "include_val": True, "phase_order": "file",
-                                         "coco_root": str(tmp_path / "coco")}},
+                                         "coco_root": str(tmp_path / "coco"), "zero_shot_root": str(tmp_path / "zs")}},
                 "model": {"kind": "clip", "backbone": "tiny-openclip", "freeze": []},
                 "training": {"iterations": 2, "batch_size": 4, "lr": 1e-4, "warmup": 0},
                 "evaluation": {"initial": True, "alignment": False},
@@ -126,6 +126,10 @@ def _config(tmp_path):
 def test_modx_protocol_end_to_end(tmp_path, capsys):
     _karpathy(tmp_path / "f30k")
     _karpathy(tmp_path / "coco", dataset="coco", n_images=6, n_test=3)
+    for c, v in (("golden_retriever", 30), ("tabby_cat", 200)):  # a held-out zero-shot task (ImageFolder)
+        (tmp_path / "zs" / c).mkdir(parents=True)
+        for k in range(2):
+            Image.fromarray(np.full((16, 16, 3), v + k, dtype=np.uint8)).save(tmp_path / "zs" / c / f"{k}.png")
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(_config(tmp_path), sort_keys=False))
     assert main(["check", str(path), "-q"]) == 0, capsys.readouterr()
@@ -139,6 +143,7 @@ def test_modx_protocol_end_to_end(tmp_path, capsys):
         assert st["complete"] and st["test_protocol"] == "shared"
         assert len(st["rows"]) == 2 and all(len(r) == 2 for r in st["rows"]) and len(st["baseline"]) == 2
         last = st["scalars"][-1]
+        assert 0.0 <= last["ZeroShotHeldOut_Acc"] <= 1.0
         for key in ("RetrievalR1_AvgAll", "RetrievalR1_Forgetting", "RetrievalR1_BWT", "RetrievalR1_FromInitial",
                     "RetrievalMatrix_i2t_R10_Phase001", "RetrievalMatrix_t2i_R5_Phase000"):
             assert key in last, (name, key)

@@ -154,6 +154,40 @@ def load_karpathy_pairs(
     return make_pair_dataset(images, encode_captions(tok, captions), pair_ids=ids), captions
 
 
+_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def load_zero_shot_folder(root, *, image_size: int = 224, image_transform: Optional[Callable] = None,
+                          per_class: Optional[int] = None, template: str = "a photo of a {}.") -> dict:
+    """A held-out zero-shot classification task from an ImageFolder tree (``<root>/<class>/<image>``,
+    e.g. CIFAR-100 or ImageNet validation images sorted into class folders): ``{"images"
+    (lazy), "labels", "prompts" (one per class, ``template`` with ``_`` as spaces), "name"}``,
+    as :class:`~avalanche_mm.metrics.retrieval_stream.ZeroShotHeldOut` reads it.
+
+    :param per_class: keep the first k images of each class (sorted by name).
+    """
+    path = as_root(root, "zero-shot task")
+    if not path.is_dir():
+        raise not_found("zero-shot task", path, ["<class>/<image>.jpg"],
+                        layout="    <root>/<class name>/<image>.jpg\n",
+                        how_to_get="sort the held-out task's images into one folder per class.")
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir())
+    files, labels = [], []
+    for k, c in enumerate(classes):
+        imgs = sorted(f for f in (path / c).iterdir() if f.suffix.lower() in _IMAGE_EXTS)
+        imgs = imgs[:per_class] if per_class else imgs
+        files += [str(f) for f in imgs]
+        labels += [k] * len(imgs)
+    if len(classes) < 2 or not files:
+        raise DatasetFormatError(
+            f"zero-shot task {str(path)!r}: expected at least 2 class folders with images "
+            f"({', '.join(_IMAGE_EXTS)}), found {len(classes)} folders and {len(files)} images."
+        )
+    return {"images": LazyModality(files, ImageFile(size=image_size, transform=image_transform)),
+            "labels": torch.tensor(labels), "prompts": [template.format(c.replace("_", " ")) for c in classes],
+            "name": path.name}
+
+
 def _karpathy_captions(dataset: str, root, splits) -> List[str]:
     records_root = as_root(root, dataset)
     require(records_root, [_SPEC[dataset]["json"]], dataset=dataset,
@@ -163,7 +197,8 @@ def _karpathy_captions(dataset: str, root, splits) -> List[str]:
 
 
 def _retrieval(dataset, *, root, num_phases, seed, captions_per_image, image_size, image_transform,
-               train_splits, phase_order, extra_test, tokenizer, backbone_tokenizer) -> MultimodalScenario:
+               train_splits, phase_order, extra_test, tokenizer, backbone_tokenizer,
+               zero_shot_root=None, zero_shot_per_class=None) -> MultimodalScenario:
     """Phases of the ``train_splits`` pairs; the test stream holds *shared* test sets (the
     dataset's Karpathy test split, then ``extra_test``), evaluated after every phase."""
     if phase_order not in ("shuffled", "file"):
@@ -179,10 +214,14 @@ def _retrieval(dataset, *, root, num_phases, seed, captions_per_image, image_siz
     tests = {f"{dataset}-test": load_karpathy_pairs(dataset, root=root, splits=("test",), **common)[0]}
     for name, (other, other_root) in (extra_test or {}).items():
         tests[name] = load_karpathy_pairs(other, root=other_root, splits=("test",), **common)[0]
+    zero_shot = None
+    if zero_shot_root:  # validated before the long caption loads
+        zero_shot = load_zero_shot_folder(zero_shot_root, image_size=image_size, image_transform=image_transform,
+                                          per_class=zero_shot_per_class)
     valid = None
     if "val" not in train_splits:
         valid = {f"{dataset}-val": load_karpathy_pairs(dataset, root=root, splits=("val",), **common)[0]}
-    return retrieval_phases_scenario(
+    scenario = retrieval_phases_scenario(
         train,
         tests,
         valid_sets=valid,
@@ -193,6 +232,8 @@ def _retrieval(dataset, *, root, num_phases, seed, captions_per_image, image_siz
         shuffle=phase_order == "shuffled",
         info={"tokenizer": kind, "karpathy_train_splits": list(train_splits), "phase_order": phase_order},
     )
+    scenario.zero_shot = zero_shot  # read by the main job's retrieval metrics (ZeroShotHeldOut)
+    return scenario
 
 
 @register_benchmark("flickr30k-retrieval")
@@ -206,6 +247,8 @@ def flickr30k_retrieval(
     include_val: bool = False,
     phase_order: Literal["shuffled", "file"] = "shuffled",
     coco_root: Optional[str] = None,
+    zero_shot_root: Optional[str] = None,
+    zero_shot_per_class: Optional[int] = None,
     image_transform: Optional[Callable] = None,
     tokenizer: Optional[Callable[[str], torch.Tensor]] = None,
     backbone_tokenizer: Optional[Callable[[str], torch.Tensor]] = None,
@@ -223,13 +266,17 @@ def flickr30k_retrieval(
         as Mod-X's code splits).
     :param coco_root: folder of COCO's Karpathy files: adds its 5K test split as a second
         shared test set (``coco-test``; Mod-X's old domain).
+    :param zero_shot_root: an ImageFolder tree (``<class>/<image>``) of a held-out
+        classification task, evaluated zero-shot after every phase (``ZeroShotHeldOut_Acc``).
+    :param zero_shot_per_class: keep at most this many images per class of that task.
     """
     splits = ("train", "val") if include_val else ("train",)
     extra = {"coco-test": ("coco", coco_root)} if coco_root else None
     return _retrieval("flickr30k", root=root, num_phases=num_phases, seed=seed,
                       captions_per_image=captions_per_image, image_size=image_size,
                       image_transform=image_transform, train_splits=splits, phase_order=phase_order,
-                      extra_test=extra, tokenizer=tokenizer, backbone_tokenizer=backbone_tokenizer)
+                      extra_test=extra, tokenizer=tokenizer, backbone_tokenizer=backbone_tokenizer,
+                      zero_shot_root=zero_shot_root, zero_shot_per_class=zero_shot_per_class)
 
 
 @register_benchmark("coco-retrieval")
@@ -267,4 +314,4 @@ def coco_retrieval(
                       extra_test=extra, tokenizer=tokenizer, backbone_tokenizer=backbone_tokenizer)
 
 
-__all__ = ["read_karpathy_json", "encode_captions", "load_karpathy_pairs", "flickr30k_retrieval", "coco_retrieval"]
+__all__ = ["read_karpathy_json", "encode_captions", "load_karpathy_pairs", "load_zero_shot_folder", "flickr30k_retrieval", "coco_retrieval"]
