@@ -43,11 +43,19 @@ def test_eval_shard_counts_and_indices():
 
 
 def test_distributed_eval_setting():
-    from avalanche_mm.experiments.config import SCHEMA
+    import copy
+
+    from avalanche_mm.experiments.config import SCHEMA, ConfigError, validate_config
     from avalanche_mm.strategies.template import MultimodalTemplateMixin
 
     opt = SCHEMA.fields["distributed"].fields["eval"]
     assert opt.default == "sharded" and set(opt.choices) == {"sharded", "replicated"}
+    cfg = copy.deepcopy(E.CONFIG)
+    cfg["studies"] = {"av": cfg["studies"]["av"]}
+    assert validate_config(copy.deepcopy(cfg))["distributed"]["eval"] == "sharded"
+    cfg["distributed"] = {"eval": "all"}
+    with pytest.raises(ConfigError, match="distributed.eval"):
+        validate_config(cfg)
     m = MultimodalTemplateMixin()
     assert m.distributed_eval == "sharded"
     m.distributed_eval = "replicated"
