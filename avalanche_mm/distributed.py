@@ -352,9 +352,11 @@ class _Leaf:
 
 
 def _flatten_rows(obj: Any, leaves: List[_Leaf], where: str):
-    """Collect the tensors of a nested batch; return a function rebuilding it from new tensors."""
-    from avalanche_mm.data.batch import MultimodalBatch
+    """Collect the tensors of a nested batch; return a function rebuilding it from new tensors.
 
+    A multimodal batch (:class:`~avalanche_mm.data.MultimodalBatch`, recognised by its
+    ``present``/``lengths``/``pad_values``: this layer does not import the data layer) keeps
+    its presence masks, lengths and pad values."""
     if obj is None:
         return lambda it: None
     if isinstance(obj, torch.Tensor):
@@ -365,7 +367,7 @@ def _flatten_rows(obj: Any, leaves: List[_Leaf], where: str):
             )
         leaves.append(_Leaf(obj, 0.0))
         return lambda it: next(it)
-    if isinstance(obj, MultimodalBatch):
+    if isinstance(obj, dict) and all(hasattr(obj, a) for a in ("present", "lengths", "pad_values")):
         names = list(obj.keys())
         for m in names:
             leaves.append(_Leaf(obj[m], float(obj.pad_values.get(m, 0))))
@@ -374,13 +376,13 @@ def _flatten_rows(obj: Any, leaves: List[_Leaf], where: str):
         len_names = list(obj.lengths.keys())
         for m in len_names:
             leaves.append(_Leaf(obj.lengths[m], 0.0))
-        pads = dict(obj.pad_values)
+        pads, kind = dict(obj.pad_values), type(obj)
 
         def rebuild_mm(it):
             data = {m: next(it) for m in names}
             present = {m: next(it) for m in names}
             lengths = {m: next(it) for m in len_names}
-            return MultimodalBatch(data, present=present, lengths=lengths, pad_values=pads)
+            return kind(data, present=present, lengths=lengths, pad_values=pads)
 
         return rebuild_mm
     if isinstance(obj, dict):
