@@ -270,6 +270,30 @@ class ContrastiveFineTune(FineTune):
             **base_kwargs,
         )
 
+    def criterion(self):
+        """The symmetric InfoNCE; under ``torchrun`` over the *global* batch: this rank's
+        images (texts) against every rank's texts (images), gathered with their gradient,
+        so the step is the 1-process one on the whole batch (not the per-shard loss)."""
+        from avalanche_mm import distributed as _dist
+
+        if not (self.is_training and _dist.is_distributed()):
+            return super().criterion()
+        return global_contrastive_loss(self.model)
+
+
+def global_contrastive_loss(model: nn.Module) -> Tensor:
+    """CLIP's symmetric InfoNCE of the model's last pair forward, with the other ranks'
+    features (gathered with their gradient) as the extra columns; each rank averages over
+    its own rows. One process: the usual loss on the batch."""
+    from avalanche_mm import distributed as _dist
+
+    head = find_retrieval_head(model)
+    img, txt = last_pair_features(model)
+    scale = head.scale()
+    img_all, own = _dist.gather_rows_with_grad(img, order="sampler")
+    txt_all, _ = _dist.gather_rows_with_grad(txt, order="sampler")
+    return 0.5 * (F.cross_entropy(scale * img @ txt_all.t(), own) + F.cross_entropy(scale * txt @ img_all.t(), own))
+
 
 # ---------------------------------------------------------------------------
 # the plugin and the strategy
@@ -409,6 +433,7 @@ def _register():
         family="regularization",
         reference="Ni et al., ICML 2023",
         check=_check,
+        distributed=True,
     )
     def _build_modx(ctx, params: Dict):
         return ModX(**ctx.common_kwargs(ContrastiveFineTune), **params)
@@ -421,6 +446,7 @@ def _register():
         family="baseline",
         reference="Radford et al., ICML 2021 (CLIP loss); Mod-X's CLIP_ct",
         check=lambda ctx, params: pair_benchmark_problems(ctx, "contrastive-finetune"),
+        distributed=True,
     )
     def _build_ft(ctx, params: Dict):
         return ContrastiveFineTune(**ctx.common_kwargs(ContrastiveFineTune), **params)
@@ -437,6 +463,7 @@ __all__ = [
     "modx_loss",
     "LogitScaleClampPlugin",
     "ContrastiveFineTune",
+    "global_contrastive_loss",
     "ModXPlugin",
     "ModX",
     "is_pair_bundle",
