@@ -36,9 +36,17 @@ def test_method_helpers_in_two_processes(tmp_path):
     assert "experience 1" in msg and "image_queue" in msg and "not DDP-safe" in msg, msg
 
 
-def test_every_registered_method_is_ddp_safe():
+def test_every_registered_method_is_ddp_safe(monkeypatch):
+    from avalanche_mm.experiments.launch import check_distributed
+
     unsafe = sorted(n for n, s in METHODS.items() if not s.distributed)
     assert unsafe == [], f"methods not DDP-safe: {unsafe}"
+    cfg = {"studies": {"s": {"training": {"batch_size": 8}, "strategies": {"x": {"method": "l2p"}}}}}
+    assert check_distributed(cfg, world=2) == []
+    # a method registered later without distributed=True is still refused before launch
+    monkeypatch.setattr(METHODS["l2p"], "distributed", False)
+    (msg,) = check_distributed(cfg, world=2)
+    assert "studies.s.strategies.x.method: 'l2p' is not DDP-safe yet" in msg and "moe-adapters" in msg
 
 
 # ---------------------------------------------------------------------------

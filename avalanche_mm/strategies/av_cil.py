@@ -39,6 +39,15 @@ Deviations: the code keeps the epoch with the best *validation* accuracy of each
 step; the runner keeps the last. Attention maps are clamped at 1e-12 before the
 log of the KL (the code's ``.log()`` can give ``-inf``).
 
+Under ``torchrun`` (docs/scaling.md): the memory is identical on every rank (the storage
+policy's choices follow the aligned generators); ``mem_batch_size`` is the exemplar count
+of the *global* batch, drawn identically on every rank and dealt round-robin; the
+instance and class-aware contrastive terms are computed over the global batch (this
+rank's audio rows against every rank's visual features, gathered with their gradient,
+labels gathered), not per shard as ``DistributedDataParallel`` on the released code
+would - so the step is the 1-process step (exact with equal shards: batch and exemplar
+counts multiples of the number of processes).
+
 :class:`ExemplarReplayPlugin` (the memory + exemplar minibatches, also used by
 SAMM), :class:`AVCILPlugin` (the losses) and :class:`AVCIL` (the strategy).
 """

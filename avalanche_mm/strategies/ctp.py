@@ -30,6 +30,15 @@ as random unit vectors as in the code (``queue_init="random"``; ``"empty"``
 uses only real keys). The masked-language-modelling terms of the code's BERT
 text encoder have no counterpart in a CLIP backbone and are left out.
 
+Under ``torchrun`` (docs/scaling.md) the momentum keys of the global batch are
+all-gathered (as MoCo's ``concat_all_gather``; no gradient): they are every rank's
+in-batch negatives and all of them are enqueued, in the order of a 1-process run, so
+the queue is identical on every rank. The topology terms use the global batch's
+similarity matrices (this rank's rows against every rank's features, gathered with
+their gradient), and the in-batch InfoNCE of :class:`ContrastiveFineTune` does the same:
+the step is the 1-process step on the global batch. (ALBEF-style code under DDP
+contrasts with the rank's own momentum keys plus the queue only.)
+
 :class:`CTPPlugin` holds the mechanism; :class:`CTP` is contrastive continual
 training with it.
 """

@@ -25,6 +25,12 @@ after each step. The paper writes the same KL over the contrastive matrices
 used by the InfoNCE term; ``kd_logits="scaled"`` takes the softmax over
 ``s * cos`` instead, and ``reduction="batchmean"`` averages over rows.
 
+Under ``torchrun`` (docs/scaling.md) the InfoNCE term is computed over the global batch
+(:meth:`ContrastiveFineTune.criterion`) while the off-diagonal distillation stays per
+shard: each rank distils its own rows' similarity matrices (what
+``DistributedDataParallel`` on the released code computes); with ``reduction="sum"`` its
+size is that of a shard.
+
 :class:`ModXPlugin` holds the mechanism; :class:`ModX` is contrastive
 continual training (:class:`ContrastiveFineTune`) with it. The model must be a
 :class:`~avalanche_mm.models.RetrievalHead` (or contain one): the pair

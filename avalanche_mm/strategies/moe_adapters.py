@@ -54,6 +54,13 @@ reading is a named option where they differ):
   evaluation: ``num_experts=2, routers="shared", freeze_top=0, ddas=False,
   noise_at_eval=True`` (the shipped recipes do so).
 
+Under ``torchrun`` (docs/scaling.md) the routing counts of a task are summed over the
+ranks before activate-freeze (blocks whose inputs every rank ran whole, such as the text
+tower on the class prompts, keep theirs), so every rank freezes the experts of a
+1-process run; DDAS trains on the whole experience on every rank. The router noise and
+the expert dropout are drawn per sample from each rank's generator: equal to one process
+in distribution, not draw for draw.
+
 :class:`MoEAdaptersPlugin` holds the mechanisms; :class:`MoEAdapters` is the
 fine-tuning recipe (:class:`~avalanche_mm.strategies.FineTune`) with it.
 """

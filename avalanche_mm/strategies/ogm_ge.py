@@ -36,6 +36,16 @@ What the released code fixes and we generalise:
   (0..50 of 100, inclusive); here ``start_epoch``/``end_epoch`` count epochs
   within each experience.
 
+Under ``torchrun`` (several processes; docs/scaling.md): ``DistributedDataParallel`` on
+the released code would modulate the already averaged gradient with each rank's own
+coefficients (from its shard's scores) and its own noise, and the replicas would drift
+apart. Here the step is the 1-process step on the global batch: the per-modality score
+sums are all-reduced before the ratios (every rank gets the global batch's
+coefficients), the plugin averages the gradients before modulating them, and the noise
+comes from a generator seeded from the run's seed, the experience and the step -
+identical on every rank and for any number of processes (a 1-process ``torchrun`` run
+draws the same noise; a plain run keeps the global generator).
+
 Logged per modality per iteration (through the strategy's evaluator, hence
 ``metrics.jsonl``): ``OGMGE_Coeff_<m>_MB/train_phase/train_stream/TaskNNN``;
 the history is also kept in :attr:`OGMGEPlugin.history`.

@@ -30,6 +30,12 @@ model at the end of that experience, eval mode) instead of at the training
 step that inserted it. The temperature-calibrated "dynamic weighted ensemble"
 inference mode of the code is not reproduced (the fused output is evaluated).
 
+Under ``torchrun`` (docs/scaling.md) the buffer and the stored outputs are identical on
+every rank, the buffered minibatch is the global count dealt round-robin
+(:class:`~avalanche_mm.strategies.av_cil.ExemplarReplayPlugin`), and the relational term
+is computed per shard (each rank's distance structure over its own rows, what
+``DistributedDataParallel`` on the released code computes).
+
 :class:`SAMMPlugin` holds the logic (its :attr:`SAMMPlugin.replay` is the
 memory); :class:`SAMM` is fine-tuning with it.
 """
