@@ -1,11 +1,15 @@
-"""2-process cases for the methods' DDP helpers (importable by spawned processes).
+"""2-process cases for the methods' DDP helpers.
 
 Each case compares what the ranks compute on their shards, through the helpers of
-:mod:`avalanche_mm.distributed`, with what one process computes on the whole batch.
+:mod:`avalanche_mm.distributed`, with what one process computes on the whole batch. They
+run inside the 2-process launch of tests/test_distributed_methods.py through the plugin
+``test-ddp-helper-cases`` (a config's ``imports`` + ``plugins``): one process group for
+everything, since starting processes is the slow part.
 """
 
 from __future__ import annotations
 
+import os
 import types
 
 import torch
@@ -18,6 +22,8 @@ from avalanche_mm import distributed as D
 # import time and refuses to do so on rank > 0 of a distributed session
 from avalanche_mm.strategies import ctp as _ctp, moe_adapters as _moe, ogm_ge as _ogm  # noqa: E402,F401
 from avalanche_mm.strategies import av_cil as _avcil  # noqa: E402,F401
+from avalanche.core import SupervisedPlugin  # noqa: E402
+from avalanche_mm.strategies.registry import register_plugin  # noqa: E402
 
 #: rows 0..5 on rank 0, 6..9 on rank 1: uneven shards
 SPLIT = {0: (0, 6), 1: (6, 10)}
@@ -162,3 +168,26 @@ def all_cases(rank, world, out):
     replica_case(rank, world, out + ".replica")
     if rank == 0:
         open(out + ".done", "w").close()
+
+
+class HelperCases(SupervisedPlugin):
+    """Runs :func:`all_cases` once per process when training starts under 2 processes."""
+
+    done = False
+
+    def __init__(self, folder: str):
+        super().__init__()
+        self.folder = folder
+
+    def before_training(self, strategy, **kwargs):
+        if D.world_size() != 2 or HelperCases.done:
+            return
+        HelperCases.done = True
+        os.makedirs(self.folder, exist_ok=True)
+        with torch.random.fork_rng():  # the run's random stream is left as it was
+            all_cases(D.rank(), D.world_size(), os.path.join(self.folder, "case"))
+
+
+@register_plugin("test-ddp-helper-cases")
+def _helper_cases(ctx):
+    return HelperCases(os.path.join(ctx.output, "helper-cases"))

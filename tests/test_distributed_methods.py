@@ -4,7 +4,9 @@ Two launches cover all methods: one 2-process run of a config holding every meth
 already covered by tests/test_distributed.py (the replicas - model *and* plugin state:
 memories, queues, usage counts, prompt pools - are compared after every experience, so
 the run fails on any rank-local state), and a 1-process torchrun run of the same config
-(the same global batches) whose accuracy matrices and weights are compared with it.
+(the same global batches) whose accuracy matrices and weights are compared with it. The
+2-process launch also runs the helpers' unit cases (tests/ddp_method_workers.py) in its
+process group: starting processes is the slow part.
 """
 
 from __future__ import annotations
@@ -18,22 +20,7 @@ import torch
 from avalanche_mm.strategies.registry import METHODS
 
 sys.path.insert(0, os.path.dirname(__file__))
-import ddp_method_workers as MW  # noqa: E402
-import ddp_workers as W  # noqa: E402
 from test_distributed import _avalanche_mm  # noqa: E402
-
-
-def test_method_helpers_in_two_processes(tmp_path):
-    """OGM-GE coefficients from all-reduced scores = the 1-process coefficients of the whole
-    batch (and differ from the shards' own); gathered rows in rank and sampler order; in-batch
-    terms gathered with their gradient give the 1-process gradient (uneven shards); MoE usage
-    counts summed over shards, kept for replicated inputs; the replica check covers plugin
-    state (a differing CTP queue is named) and skips ``last*`` values."""
-    out = str(tmp_path / "case")
-    W.spawn(MW.all_cases, 2, out)
-    assert os.path.exists(out + ".done")
-    msg = open(out + ".replica.0").read()
-    assert "experience 1" in msg and "image_queue" in msg and "not DDP-safe" in msg, msg
 
 
 def test_every_registered_method_is_ddp_safe(monkeypatch):
@@ -63,7 +50,7 @@ PAIRS = {"name": "world-retrieval-stream",
 TRAIN_AV = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "scheduler": "constant"}
 STUDY = {
     "name": "ddp-methods", "seed": 0, "device": "cpu", "progress_bar": False, "loggers": [],
-    "imports": ["ddp_test_plugins"], "plugins": ["test-record-weights"],
+    "imports": ["ddp_test_plugins", "ddp_method_workers"], "plugins": ["test-record-weights", "test-ddp-helper-cases"],
     "distributed": {"timeout": 60}, "checkpoints": {"keep": "last"}, "report": {"plots": False, "html": False},
     "studies": {
         "clip": {
@@ -137,6 +124,17 @@ def test_every_method_two_processes_match_one(tmp_path):
     proc, _ = _avalanche_mm(["run", cfg, "--output", two, "--nproc-per-node", "2", "--no-report"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.load(open(os.path.join(two, "environment.json")))["world_size"] == 2
+    # the helpers' cases (tests/ddp_method_workers.py), run by both ranks in that launch: OGM-GE
+    # coefficients from all-reduced scores = the 1-process coefficients of the whole batch (and
+    # differ from the shards' own); rows gathered in rank and sampler order; in-batch terms
+    # gathered with their gradient (InfoNCE, AV-CIL's terms, CTP's topology KL) give the
+    # 1-process gradient with uneven shards; MoE usage counts summed over shards and kept for
+    # replicated inputs; the replica check covers plugin state (a differing CTP queue is named)
+    # and skips the last minibatch's ``last*`` values
+    cases = os.path.join(two, "helper-cases", "case")
+    assert os.path.exists(cases + ".done"), proc.stderr[-3000:]
+    msg = open(cases + ".replica.0").read()
+    assert "experience 1" in msg and "image_queue" in msg and "not DDP-safe" in msg, msg
     for run in EXACT + IN_DISTRIBUTION:
         a = json.load(open(os.path.join(one, run, "state.json")))
         b = json.load(open(os.path.join(two, run, "state.json")))
