@@ -413,7 +413,7 @@ def _check(ctx: CheckContext, params: Dict[str, Any]) -> List[str]:
 
 @register_method("s-liprompts", summary="S-liPrompts: per-domain image+text prompts, K-means domain keys (frozen CLIP)",
                  params_from=SLiPrompts, model_kinds=("clip",), family="prompt",
-                 reference="Wang et al., NeurIPS 2022", check=_check)
+                 reference="Wang et al., NeurIPS 2022", check=_check, distributed=True)
 def _build(ctx: BuildContext, params: dict):
     return build_prompt_strategy(SLiPrompts, ctx, params, per_experience='n_domains', seed=ctx.seed)
 

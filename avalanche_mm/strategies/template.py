@@ -260,7 +260,8 @@ class MultimodalTemplateMixin:
         exp = getattr(self.experience, "current_experience", "?")
         _dist.align_rng("after_training_exp", exp)
         super()._after_training_exp(**kwargs)
-        _dist.check_replicas_equal(self.model, where=f"after training experience {exp}")
+        # the model and the plugins' state (buffers, queues, counts, memories)
+        _dist.check_strategy_replicas(self, where=f"after training experience {exp}")
 
     # -- dict-aware helpers ----------------------------------------------------
     @property
