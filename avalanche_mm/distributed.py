@@ -234,9 +234,9 @@ def align_rng(*salt: Any, src: int = 0) -> None:
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
-    base = torch.tensor([torch.initial_seed() % (2**63 - 1)], dtype=torch.int64)
+    base = torch.tensor([torch.initial_seed() % (2**63 - 1)], dtype=torch.int64, device=_cdev())
     if world_size() > 1:
-        dist.broadcast(base, src=src)
+        dist.broadcast(base, src=src)  # NCCL moves only GPU tensors: _cdev() is the rank's GPU there
     import zlib
 
     seed = zlib.crc32(repr((int(base), salt)).encode("utf-8"))
@@ -267,13 +267,15 @@ def check_replicas_equal(module: nn.Module, *, where: str, rtol: float = 0.0) ->
     """
     if not is_distributed():
         return
-    mine = state_checksum(module)
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world_size())]
-    dist.all_gather(sizes, torch.tensor([mine.numel()], dtype=torch.int64))
+    dev = _cdev()  # NCCL moves only GPU tensors
+    mine = state_checksum(module).to(dev)
+    sizes = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([mine.numel()], dtype=torch.int64, device=dev))
     if len({int(s) for s in sizes}) != 1:
         raise DistributedError(f"{where}: the ranks' models have different structures; every rank must build the same model")
     allv = [torch.zeros_like(mine) for _ in range(world_size())]
     dist.all_gather(allv, mine)
+    mine, allv = mine.cpu(), [v.cpu() for v in allv]
     ref = allv[0]
     for r, v in enumerate(allv[1:], start=1):
         if not torch.allclose(v, ref, rtol=rtol, atol=0.0):
