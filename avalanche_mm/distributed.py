@@ -24,8 +24,14 @@ What keeps the replicas identical (see :class:`avalanche_mm.strategies.Multimoda
   parameter and buffer is compared across ranks, and a mismatch stops the run
   naming the experience (a method with rank-local state is not DDP-safe).
 
-Evaluation is replicated (every rank evaluates the whole test stream, so the
-metrics are exact without a gather); only rank 0 writes files and logs.
+Evaluation is sharded by default (``distributed.eval: sharded``): every
+*global* evaluation minibatch is split into contiguous, disjoint slices, one per
+rank (:func:`shard_eval_batches`, no padding duplicates), each rank runs the
+forward pass on its slice, and :func:`all_gather_rows` puts the global
+minibatch (inputs, targets, task labels, outputs) back together, in the
+1-process order, on every rank before the metrics read it - so every metric
+sees what a 1-process evaluation sees. ``distributed.eval: replicated`` makes
+every rank evaluate the whole stream instead. Only rank 0 writes files and logs.
 """
 
 from __future__ import annotations
@@ -228,9 +234,9 @@ def align_rng(*salt: Any, src: int = 0) -> None:
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
-    base = torch.tensor([torch.initial_seed() % (2**63 - 1)], dtype=torch.int64)
+    base = torch.tensor([torch.initial_seed() % (2**63 - 1)], dtype=torch.int64, device=_cdev())
     if world_size() > 1:
-        dist.broadcast(base, src=src)
+        dist.broadcast(base, src=src)  # NCCL moves only GPU tensors: _cdev() is the rank's GPU there
     import zlib
 
     seed = zlib.crc32(repr((int(base), salt)).encode("utf-8"))
@@ -261,13 +267,15 @@ def check_replicas_equal(module: nn.Module, *, where: str, rtol: float = 0.0) ->
     """
     if not is_distributed():
         return
-    mine = state_checksum(module)
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world_size())]
-    dist.all_gather(sizes, torch.tensor([mine.numel()], dtype=torch.int64))
+    dev = _cdev()  # NCCL moves only GPU tensors
+    mine = state_checksum(module).to(dev)
+    sizes = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([mine.numel()], dtype=torch.int64, device=dev))
     if len({int(s) for s in sizes}) != 1:
         raise DistributedError(f"{where}: the ranks' models have different structures; every rank must build the same model")
     allv = [torch.zeros_like(mine) for _ in range(world_size())]
     dist.all_gather(allv, mine)
+    mine, allv = mine.cpu(), [v.cpu() for v in allv]
     ref = allv[0]
     for r, v in enumerate(allv[1:], start=1):
         if not torch.allclose(v, ref, rtol=rtol, atol=0.0):
@@ -284,6 +292,218 @@ def broadcast_module(module: nn.Module, src: int = 0) -> None:
         return
     for t in list(module.parameters()) + list(module.buffers()):
         dist.broadcast(t.data, src=src)
+
+
+# ---------------------------------------------------------------------------
+# sharded evaluation
+# ---------------------------------------------------------------------------
+#: the evaluation modes (``distributed.eval``)
+EVAL_MODES = ("sharded", "replicated")
+
+
+def eval_shard_counts(n: int, batch: int, world: int) -> List[List[int]]:
+    """Rows each rank takes of each global evaluation minibatch.
+
+    A stream of ``n`` samples read in global minibatches of ``batch`` (the last
+    one shorter) gives ``ceil(n / batch)`` minibatches; minibatch ``k`` of
+    ``n_k`` rows is split into ``world`` contiguous slices whose sizes differ by
+    at most one (the first ``n_k % world`` ranks take one more). A rank may get
+    0 rows (a minibatch smaller than the world); it still takes part in the
+    iteration. Pure function.
+
+    :return: ``counts[k][r]``: rows of minibatch ``k`` that rank ``r`` evaluates.
+    :raises ValueError: a negative ``n`` or a non-positive ``batch``/``world``.
+    """
+    n, batch, world = int(n), int(batch), int(world)
+    if n < 0 or batch < 1 or world < 1:
+        raise ValueError(f"eval_shard_counts: expected n >= 0, batch >= 1, world >= 1; got n={n}, batch={batch}, world={world}")
+    out = []
+    for start in range(0, n, batch):
+        n_k = min(batch, n - start)
+        base, extra = divmod(n_k, world)
+        out.append([base + (1 if r < extra else 0) for r in range(world)])
+    return out
+
+
+def shard_eval_batches(n: int, batch: int, world: int, rank: int) -> List[List[int]]:
+    """The dataset indices rank ``rank`` evaluates in each global minibatch.
+
+    Global minibatch ``k`` holds indices ``k*batch ... min((k+1)*batch, n) - 1``
+    (the 1-process evaluation order); rank ``r`` takes the ``r``-th contiguous
+    slice of it (sizes from :func:`eval_shard_counts`), so the slices of all
+    ranks, concatenated in rank order, are exactly that minibatch: no sample is
+    skipped or repeated (unlike ``DistributedSampler``, which pads by repeating
+    samples). Pure function.
+
+    :return: one (possibly empty) list of indices per global minibatch.
+    """
+    if not 0 <= int(rank) < int(world):
+        raise ValueError(f"shard_eval_batches: rank {rank} is not in [0, {world})")
+    out = []
+    for k, counts in enumerate(eval_shard_counts(n, batch, world)):
+        lo = k * int(batch) + sum(counts[:rank])
+        out.append(list(range(lo, lo + counts[rank])))
+    return out
+
+
+class _Leaf:
+    __slots__ = ("tensor", "pad")
+
+    def __init__(self, tensor: torch.Tensor, pad: float):
+        self.tensor, self.pad = tensor, pad
+
+
+def _flatten_rows(obj: Any, leaves: List[_Leaf], where: str):
+    """Collect the tensors of a nested batch; return a function rebuilding it from new tensors.
+
+    A multimodal batch (:class:`~avalanche_mm.data.MultimodalBatch`, recognised by its
+    ``present``/``lengths``/``pad_values``: this layer does not import the data layer) keeps
+    its presence masks, lengths and pad values."""
+    if obj is None:
+        return lambda it: None
+    if isinstance(obj, torch.Tensor):
+        if obj.dim() == 0:
+            raise DistributedError(
+                f"sharded evaluation: {where} is a 0-d tensor (no batch axis) and cannot be gathered "
+                "row-wise; set distributed.eval: replicated"
+            )
+        leaves.append(_Leaf(obj, 0.0))
+        return lambda it: next(it)
+    if isinstance(obj, dict) and all(hasattr(obj, a) for a in ("present", "lengths", "pad_values")):
+        names = list(obj.keys())
+        for m in names:
+            leaves.append(_Leaf(obj[m], float(obj.pad_values.get(m, 0))))
+        for m in names:
+            leaves.append(_Leaf(obj.present[m], 0.0))
+        len_names = list(obj.lengths.keys())
+        for m in len_names:
+            leaves.append(_Leaf(obj.lengths[m], 0.0))
+        pads, kind = dict(obj.pad_values), type(obj)
+
+        def rebuild_mm(it):
+            data = {m: next(it) for m in names}
+            present = {m: next(it) for m in names}
+            lengths = {m: next(it) for m in len_names}
+            return kind(data, present=present, lengths=lengths, pad_values=pads)
+
+        return rebuild_mm
+    if isinstance(obj, dict):
+        keys = list(obj.keys())
+        parts = [_flatten_rows(obj[k], leaves, f"{where}[{k!r}]") for k in keys]
+        kind = type(obj)
+
+        def rebuild_map(it):
+            d = {k: p(it) for k, p in zip(keys, parts)}
+            try:
+                return kind(d)
+            except TypeError:
+                return d
+
+        return rebuild_map
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        parts = [_flatten_rows(v, leaves, f"{where}.{f}") for f, v in zip(obj._fields, obj)]
+        return lambda it: type(obj)(*(p(it) for p in parts))
+    if isinstance(obj, (list, tuple)):
+        parts = [_flatten_rows(v, leaves, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return lambda it: type(obj)(p(it) for p in parts)
+    raise DistributedError(
+        f"sharded evaluation: {where} is a {type(obj).__name__}, which cannot be gathered across "
+        "ranks (only tensors, multimodal batches, dicts, lists and tuples of them can); "
+        "set distributed.eval: replicated"
+    )
+
+
+def _to_bytes(t: torch.Tensor) -> torch.Tensor:
+    t = t.contiguous().reshape(-1)
+    if t.dtype == torch.bool:
+        t = t.to(torch.uint8)
+    return t.view(torch.uint8)
+
+
+def _from_bytes(b: torch.Tensor, dtype: torch.dtype, shape) -> torch.Tensor:
+    if dtype == torch.bool:
+        return b.view(torch.uint8).reshape(shape).bool()
+    return b.view(dtype).reshape(shape)
+
+
+def all_gather_rows(obj: Any, counts: Sequence[int], *, where: str = "minibatch") -> Any:
+    """Gather a nested batch whose tensors hold this rank's rows, in rank order.
+
+    Every tensor of ``obj`` (tensors, :class:`~avalanche_mm.data.MultimodalBatch`
+    with its presence masks and lengths, dicts, lists, tuples, named tuples;
+    None kept) has the batch on axis 0: this rank's ``counts[rank]`` rows. The
+    result has the same structure and, in every tensor, the rows of rank 0,
+    then rank 1, ... (the 1-process order when the ranks hold consecutive
+    slices, :func:`shard_eval_batches`). Ranks may disagree on the other axes'
+    sizes (a variable-length modality padded to a rank-local longest row): each
+    tensor is padded to the largest size with its pad value (a multimodal
+    batch's ``pad_values``, else 0), as the collate pads a global minibatch.
+    Two collectives: the shapes, then one byte buffer with every tensor.
+
+    :param counts: rows per rank (the same list on every rank). A rank whose
+        count is 0 contributes nothing: its tensors may hold placeholder rows
+        (the forward pass of a rank without rows in the last minibatch runs on one).
+    :param where: what is gathered (named in errors).
+    """
+    w, r = world_size(), rank()
+    counts = [int(c) for c in counts]
+    if len(counts) != w:
+        raise DistributedError(f"all_gather_rows: {len(counts)} counts for {w} ranks")
+    leaves: List[_Leaf] = []
+    rebuild = _flatten_rows(obj, leaves, where)
+    if w <= 1 or not leaves:
+        return obj
+    for leaf in leaves:
+        if counts[r] and leaf.tensor.shape[0] != counts[r]:
+            raise DistributedError(
+                f"sharded evaluation: a tensor of the {where} has {leaf.tensor.shape[0]} rows, expected {counts[r]} "
+                "(this rank's slice of the global minibatch); a model or plugin that changes the number of "
+                "rows cannot be evaluated sharded; set distributed.eval: replicated"
+            )
+        leaf.tensor = leaf.tensor[: counts[r]]
+    device = leaves[0].tensor.device
+    # 1) the trailing shapes of every tensor on every rank
+    dims = [leaf.tensor.dim() for leaf in leaves]
+    mine = torch.tensor([s for leaf in leaves for s in leaf.tensor.shape[1:]] + [len(leaves)], dtype=torch.int64, device=device)
+    shapes = [torch.zeros_like(mine) for _ in range(w)]
+    dist.all_gather(shapes, mine)
+    shapes = [s.tolist() for s in shapes]
+    if any(s[-1] != len(leaves) for s in shapes):
+        raise DistributedError(f"sharded evaluation: the ranks' {where} have different structures")
+    trailing: List[List[tuple]] = []  # [leaf][rank] -> trailing shape
+    off = 0
+    for d in dims:
+        trailing.append([tuple(s[off: off + d - 1]) for s in shapes])
+        off += d - 1
+    # 2) one byte buffer: every tensor padded to (max rows, max trailing shape)
+    max_rows = max(counts)
+    parts, layout = [], []
+    for leaf, tr in zip(leaves, trailing):
+        t = leaf.tensor
+        full = tuple(max(x) for x in zip(*tr)) if tr[0] else ()
+        padded = t.new_full((max_rows, *full), leaf.pad) if t.dtype != torch.bool else t.new_zeros((max_rows, *full))
+        padded[tuple(slice(0, n) for n in t.shape)] = t
+        b = _to_bytes(padded)
+        extra = (-b.numel()) % 8  # keep every tensor 8-byte aligned in the buffer
+        parts.append(b)
+        if extra:
+            parts.append(torch.zeros(extra, dtype=torch.uint8, device=device))
+        layout.append((t.dtype, full, b.numel(), b.numel() + extra))
+    buf = torch.cat(parts)
+    bufs = [torch.empty_like(buf) for _ in range(w)]
+    dist.all_gather(bufs, buf)
+    out = []
+    pos = 0
+    for leaf, (dtype, full, nbytes, step) in zip(leaves, layout):
+        pieces = []
+        for q in range(w):
+            if counts[q] == 0:
+                continue
+            t = _from_bytes(bufs[q][pos: pos + nbytes], dtype, (max_rows, *full))
+            pieces.append(t[: counts[q]])
+        out.append(torch.cat(pieces) if pieces else leaf.tensor)
+        pos += step
+    return rebuild(iter(out))
 
 
 def usable_cpus() -> int:
@@ -341,6 +561,344 @@ __all__ = [
     "state_checksum",
     "check_replicas_equal",
     "broadcast_module",
+    "EVAL_MODES",
+    "eval_shard_counts",
+    "shard_eval_batches",
+    "all_gather_rows",
     "usable_cpus",
     "check_launch",
+]
+
+
+# ---------------------------------------------------------------------------
+# collectives for the methods' own state (queues, counts, scores, in-batch terms)
+# ---------------------------------------------------------------------------
+from typing import Tuple  # noqa: E402
+
+
+def _cdev(t: Optional[torch.Tensor] = None) -> torch.device:
+    """The device collectives run on: the rank's GPU under NCCL, else the CPU (or ``t``'s)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu") if t is None else t.device
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum of ``t`` over the ranks (a new tensor on ``t``'s device; ``t`` itself when
+    not distributed)."""
+    if not is_distributed():
+        return t
+    out = t.detach().to(_cdev(t), copy=True)
+    dist.all_reduce(out)
+    return out.to(t.device)
+
+
+def _gather_sizes(n: int, device=None) -> List[int]:
+    device = _cdev()
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([int(n)], dtype=torch.int64, device=device))
+    return [int(s) for s in sizes]
+
+
+def _order(sizes: Sequence[int], order: str) -> Optional[torch.Tensor]:
+    """Row permutation from rank-major concatenation to ``order`` (None: keep rank-major)."""
+    if order not in ("rank", "sampler"):
+        raise ValueError(f"order must be 'rank' or 'sampler', got {order!r}")
+    w = len(sizes)
+    if order == "rank" or w == 1 or len(set(sizes)) != 1:
+        return None
+    b = sizes[0]
+    # sampler order: global row i*w + r is rank r's row i (DistributedSampler deals indices round-robin)
+    return torch.arange(w * b).view(w, b).t().reshape(-1)
+
+
+def _own_positions(sizes: Sequence[int], perm: Optional[torch.Tensor], device) -> torch.Tensor:
+    r = rank()
+    start = sum(sizes[:r])
+    own = torch.arange(start, start + sizes[r])
+    if perm is not None:
+        inv = torch.empty_like(perm)
+        inv[perm] = torch.arange(perm.numel())
+        own = inv[own]
+    return own.to(device)
+
+
+def _gather_padded(t: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    m = max(sizes)
+    home = t.device
+    t = t.to(_cdev(t))
+    pad = t
+    if t.shape[0] < m:
+        pad = torch.cat([t, t.new_zeros((m - t.shape[0],) + tuple(t.shape[1:]))])
+    parts = [torch.empty_like(pad) for _ in sizes]
+    dist.all_gather(parts, pad.contiguous())
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)]).to(home)
+
+
+def gather_rows(t: torch.Tensor, *, order: str = "rank") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's rows of ``t`` (no gradient), and the positions of this rank's rows in them.
+
+    Ranks may hold different numbers of rows. ``order="rank"``: rank 0's rows, then rank
+    1's, ...; ``order="sampler"``: when every rank has the same number of rows, the order
+    in which a 1-process run with the same global batch holds them (``DistributedSampler``
+    deals the shuffled indices round-robin: global row ``i * world + r`` is rank ``r``'s
+    row ``i``), else rank order. Not distributed: ``(t, arange(len(t)))``.
+
+    :return: ``(rows, own)`` with ``rows[own]`` equal to ``t``.
+    """
+    t = t.detach()
+    if not is_distributed():
+        return t, torch.arange(t.shape[0], device=t.device)
+    sizes = _gather_sizes(t.shape[0], t.device)
+    full = _gather_padded(t, sizes)
+    perm = _order(sizes, order)
+    if perm is not None:
+        full = full[perm.to(full.device)]
+    return full, _own_positions(sizes, perm, t.device)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward sums every rank's gradient for this rank's rows.
+
+    The gradient a rank receives from rank ``r``'s loss is weighted by ``w_r / w_own``
+    (the ranks' weights in :func:`average_gradients`, their minibatch sizes), so after
+    the weighted gradient average the result is the gradient of the global batch's loss
+    even when the ranks hold different numbers of rows.
+    """
+
+    @staticmethod
+    def forward(ctx, t, weight, sizes, perm):
+        ctx.sizes, ctx.perm, ctx.weight = sizes, perm, float(weight)
+        full = _gather_padded(t.detach(), sizes)
+        if perm is not None:
+            full = full[perm.to(full.device)]
+        return full
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = grad.contiguous() * ctx.weight
+        if ctx.perm is not None:  # back to rank-major rows
+            inv = torch.empty_like(ctx.perm)
+            inv[ctx.perm] = torch.arange(ctx.perm.numel())
+            g = g[inv.to(g.device)]
+        home = g.device
+        g = g.to(_cdev(g)).contiguous()
+        dist.all_reduce(g)
+        g = g.to(home)
+        r = rank()
+        start = sum(ctx.sizes[:r])
+        return g[start: start + ctx.sizes[r]] / ctx.weight, None, None, None
+
+
+def gather_rows_with_grad(t: torch.Tensor, *, weight: Optional[float] = None,
+                          order: str = "rank") -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gather_rows` through which the gradient flows back to the rank that owns each row.
+
+    For in-batch terms computed over the global batch (contrastive logits of this rank's
+    rows against every rank's rows): each rank takes the mean over its own rows, the
+    gradients are averaged as usual, and the result is the gradient of the 1-process loss
+    on the global batch (the ``gather_with_grad`` + ``local_loss`` formulation of
+    open_clip, SimCLR's ``GatherLayer``).
+
+    :param weight: this rank's weight in the gradient average (default: ``len(t)``, the
+        minibatch size when ``t`` has one row per sample).
+    :return: ``(rows, own)``: every rank's rows (this rank's carry ``t``'s graph) and the
+        positions of this rank's rows.
+    """
+    if not is_distributed():
+        return t, torch.arange(t.shape[0], device=t.device)
+    sizes = _gather_sizes(t.shape[0], t.device)
+    w = float(t.shape[0] if weight is None else weight)
+    if w <= 0:
+        w = 1.0
+    perm = _order(sizes, order)
+    full = _GatherWithGrad.apply(t, w, sizes, perm)
+    return full, _own_positions(sizes, perm, t.device)
+
+
+def shard(seq, *, world: Optional[int] = None, rank_: Optional[int] = None):
+    """This rank's share of a sequence every rank holds whole: items ``rank::world``
+    (how ``DistributedSampler`` deals; the sequence itself when not distributed)."""
+    w = world_size() if world is None else int(world)
+    r = rank() if rank_ is None else int(rank_)
+    return seq[r::w] if w > 1 else seq
+
+
+def shared_seed(*salt: Any) -> int:
+    """A seed identical on every rank and for any number of processes: rank 0's
+    ``torch.initial_seed()`` (the last explicit seed) mixed with ``salt``. One broadcast
+    when distributed; outside a process group the local initial seed is used."""
+    import zlib
+
+    base = torch.tensor([torch.initial_seed() % (2**63 - 1)], dtype=torch.int64)
+    if is_distributed():
+        base = base.to(_cdev())
+        dist.broadcast(base, src=0)
+    return zlib.crc32(repr((int(base), salt)).encode("utf-8")) & 0x7FFFFFFF
+
+
+def replicated_or_summed(t: torch.Tensor, groups: Sequence[Tuple[int, int]]) -> torch.Tensor:
+    """Counts of the global batch from per-rank counts, one collective.
+
+    ``t`` is a 1-D tensor of per-rank counts made of ``groups`` (``(start, stop)``
+    slices). A group whose counts are the same on every rank came from inputs every
+    rank processed whole (e.g. a text tower run on the class prompts): it is kept;
+    any other group came from the rank's shard of the batch: it is summed over the ranks.
+    """
+    if not is_distributed():
+        return t
+    rows, _ = gather_rows(t.reshape(1, -1).double())
+    out = t.detach().clone().double()
+    for a, b in groups:
+        block = rows[:, a:b]
+        same = bool((block == block[0:1]).all())
+        out[a:b] = block[0] if same else block.sum(0)
+    return out.to(t.dtype)
+
+
+#: attribute names never compared between ranks (the last minibatch's transient values)
+_TRANSIENT_PREFIXES = ("last", "_last")
+
+
+def _collect_state(obj: Any, name: str, out: dict, seen: set, skip: set, depth: int) -> None:
+    if depth > 6 or obj is None or isinstance(obj, (str, bytes, bool, int, float)):
+        return
+    if id(obj) in seen or id(obj) in skip:
+        return
+    seen.add(id(obj))
+    if torch.is_tensor(obj):
+        if obj.is_floating_point() or obj.dtype in (torch.int64, torch.int32, torch.bool, torch.uint8):
+            out[name] = obj
+        return
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind in "fiub":
+            out[name] = torch.as_tensor(np.ascontiguousarray(obj))
+        return
+    if isinstance(obj, nn.Module):
+        for k, v in obj.state_dict().items():
+            if id(v) not in skip:
+                _collect_state(v, f"{name}.{k}", out, seen, skip, depth + 1)
+        return
+    if isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            if isinstance(k, str) and k.startswith(_TRANSIENT_PREFIXES):
+                continue
+            _collect_state(obj[k], f"{name}[{k}]", out, seen, skip, depth + 1)
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _collect_state(v, f"{name}[{i}]", out, seen, skip, depth + 1)
+        return
+    if isinstance(obj, (torch.Generator, torch.optim.Optimizer)) or callable(obj) and not hasattr(obj, "__dict__"):
+        return
+    try:
+        from avalanche.benchmarks.utils import AvalancheDataset
+    except Exception:  # pragma: no cover - avalanche is a dependency
+        AvalancheDataset = ()  # type: ignore
+    if isinstance(obj, AvalancheDataset) or isinstance(obj, torch.utils.data.Dataset):
+        n = len(obj) if hasattr(obj, "__len__") else 0
+        out[f"{name}.len"] = torch.tensor([float(n)])
+        targets = getattr(obj, "targets", None)
+        if targets is not None:
+            try:
+                out[f"{name}.targets"] = torch.as_tensor([int(v) for v in targets], dtype=torch.int64)
+            except (TypeError, ValueError):
+                pass
+        return
+    module = type(obj).__module__ or ""
+    if not module.startswith(("avalanche", "avalanche_mm")):
+        return
+    state_fn = getattr(obj, "state_dict", None)
+    if callable(state_fn):
+        try:
+            _collect_state(state_fn(), name, out, seen, skip, depth + 1)
+            return
+        except TypeError:
+            pass
+    transient = set(getattr(type(obj), "ddp_transient", ()))
+    for k, v in vars(obj).items():
+        if k in ("strategy", "_strategy") or k in transient or k.startswith(_TRANSIENT_PREFIXES):
+            continue
+        _collect_state(v, f"{name}.{k}", out, seen, skip, depth + 1)
+
+
+def replica_state(strategy) -> dict:
+    """name -> tensor of everything a strategy keeps across steps: the model's state and
+    every plugin's (their ``state_dict()`` when they define one - the checkpointed state -
+    else their attributes: queues, counts, buffers, memories, teachers). Attributes named
+    ``last*`` and those a plugin class lists in ``ddp_transient`` (the last minibatch's
+    values, rank-local by nature) are left out, as are the strategy and the model's own
+    tensors reached again through a plugin."""
+    model = strategy.model
+    out: dict = {}
+    for k, v in sorted(model.state_dict().items()):
+        if torch.is_tensor(v):
+            out[f"model.{k}"] = v
+    skip = {id(m) for m in model.modules()} | {id(t) for t in model.parameters()} | {id(t) for t in model.buffers()}
+    skip.add(id(strategy))
+    seen: set = set()
+    try:
+        from avalanche.training.plugins.evaluation import EvaluationPlugin
+    except Exception:  # pragma: no cover
+        EvaluationPlugin = ()  # type: ignore
+    for i, p in enumerate(getattr(strategy, "plugins", []) or []):
+        if isinstance(p, EvaluationPlugin) or getattr(p, "stateless", False):
+            continue
+        _collect_state(p, f"plugin{i}.{type(p).__name__}", out, seen, skip, 0)
+    return out
+
+
+def _checksum_of(state: dict) -> torch.Tensor:
+    out = []
+    for _, t in sorted(state.items()):
+        v = t.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+        if v.numel() == 0:
+            out.append(torch.zeros(2, dtype=torch.float64))
+            continue
+        w = torch.arange(1, v.numel() + 1, dtype=torch.float64) / v.numel()
+        out.append(torch.stack([v.sum(), (v * w).sum()]))
+    return torch.cat(out) if out else torch.zeros(1, dtype=torch.float64)
+
+
+def check_strategy_replicas(strategy, *, where: str) -> None:
+    """:func:`check_replicas_equal` over :func:`replica_state`: the model *and* the
+    plugins' state (queues, usage counts, memories, prompt statistics). A mismatch names
+    the first differing entry."""
+    if not is_distributed():
+        return
+    state = replica_state(strategy)
+    names = sorted(state)
+    mine = _checksum_of(state)
+    sizes = _gather_sizes(mine.numel(), "cpu")
+    if len(set(sizes)) != 1:
+        raise DistributedError(
+            f"{where}: the ranks keep different state structures (model or plugin state, {sizes} "
+            "checksum entries); some plugin state was built from rank-local data, so this method is not DDP-safe"
+        )
+    mine = mine.to(_cdev())
+    allv = [torch.zeros_like(mine) for _ in range(world_size())]
+    dist.all_gather(allv, mine)
+    allv = [v.cpu() for v in allv]
+    ref = allv[0]
+    for r, v in enumerate(allv[1:], start=1):
+        same = (v == ref) | (v.isnan() & ref.isnan())
+        if not bool(same.all()):
+            bad = int((~same).nonzero()[0]) // 2
+            what = names[bad] if bad < len(names) else "?"
+            raise DistributedError(
+                f"{where}: the state on rank {r} differs from rank 0 (first difference in {what}, "
+                f"checksum {float(v[2 * bad]):.6g} vs {float(ref[2 * bad]):.6g}); some state was updated from "
+                "rank-local data, so this method is not DDP-safe"
+            )
+
+
+__all__ += [
+    "all_reduce_sum",
+    "gather_rows",
+    "gather_rows_with_grad",
+    "shard",
+    "shared_seed",
+    "replicated_or_summed",
+    "replica_state",
+    "check_strategy_replicas",
 ]

@@ -1,15 +1,21 @@
-"""Training throughput of 2 processes x 1 thread against 1 process x 1 thread (fusion study).
+"""Training and evaluation throughput of 2 processes x 1 thread against 1 process x 1 thread
+(fusion study).
 
-Both sides run the same `avalanche-mm run` on the same config (an audio-visual fusion study on
-the procedural world, fine-tuning, the same global batch), from a fresh results folder:
+Every side runs the same `avalanche-mm run` on the same config (an audio-visual fusion study on
+the procedural world, fine-tuning, the same global batch, per-modality metrics on), from a fresh
+results folder:
 
 - baseline: one process, one thread (`OMP_NUM_THREADS=1`), as a user runs it;
-- data parallel: `avalanche-mm run --nproc-per-node 2` (torchrun, gloo, one thread each).
+- data parallel: `avalanche-mm run --nproc-per-node 2` (torchrun, gloo, one thread each), with
+  sharded evaluation (`distributed.eval: sharded`, the default);
+- data parallel with `distributed.eval: replicated` (every rank evaluates the whole test stream),
+  the evaluation reference.
 
-Throughput = training samples of the whole stream / training seconds (the strategy's own
-`train_seconds`, so start-up and evaluation are excluded on both sides; evaluation is
-replicated on every rank). Repeats alternate the order (ABBA ...); median and range printed,
-one line per figure.
+Training throughput = training samples of the whole stream / training seconds (the strategy's
+own `train_seconds`: start-up and evaluation excluded). Evaluation throughput = test samples
+evaluated (the whole test stream after each experience) / evaluation seconds (`eval_seconds`,
+rank 0's wall time of `strategy.eval`, the per-modality ablation passes included). Repeats
+rotate the order of the three sides; median and range printed, one line per figure.
 
     python benchmarks/ddp_throughput.py [--repeats 3]
 """
@@ -42,13 +48,13 @@ CONFIG = {
                     "num_classes": 8,
                     "num_experiences": 2,
                     "train_per_class": 64,
-                    "test_per_class": 8,
+                    "test_per_class": 48,
                     "modalities": ["image", "audio"],
                 },
             },
             "model": {"kind": "fusion", "name": "fusion", "params": {"fusion": "concat", "hidden": 256, "conv_channels": [32, 64]}, "freeze": []},
             "training": {"epochs": 2, "batch_size": 128, "eval_batch_size": 256, "lr": 2.0e-3, "scheduler": "constant"},
-            "evaluation": {"initial": False, "per_modality": False},
+            "evaluation": {"initial": False, "per_modality": True},
             "strategies": {"finetune": {}},
         }
     },
@@ -56,15 +62,24 @@ CONFIG = {
 }
 
 
-def _run(nproc: int, cfg_path: str, out: str) -> float:
+def _run(nproc: int, cfg_path: str, out: str, eval_mode: str = "sharded"):
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", MPLBACKEND="Agg")
-    cmd = [sys.executable, "-m", "avalanche_mm", "run", cfg_path, "--output", out, "--fresh", "--no-report"]
+    cmd = [sys.executable, "-m", "avalanche_mm", "run", cfg_path, "--output", out, "--fresh", "--no-report",
+           "--set", f"distributed.eval={eval_mode}"]
     if nproc > 1:
         cmd += ["--nproc-per-node", str(nproc)]
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     state = json.load(open(os.path.join(out, "av", "finetune", "state.json")))
-    seconds = sum(state["train_seconds"])
-    return seconds
+    return sum(state["train_seconds"]), sum(state["eval_seconds"])
+
+
+def _line(what: str, v) -> str:
+    return f"{what}: median {statistics.median(v):.0f} samples/s (range {min(v):.0f}-{max(v):.0f}, {len(v)} runs)"
+
+
+def _ratio(what: str, a, b, target: str = "") -> str:
+    r = [y / x for x, y in zip(a, b)]
+    return f"{what}: median {statistics.median(r):.2f} (range {min(r):.2f}-{max(r):.2f}{target})"
 
 
 def main() -> None:
@@ -76,18 +91,28 @@ def main() -> None:
     with open(cfg_path, "w") as fh:
         yaml.safe_dump(CONFIG, fh)
     p = CONFIG["studies"]["av"]["benchmark"]["params"]
-    samples = p["num_classes"] * p["train_per_class"] * CONFIG["studies"]["av"]["training"]["epochs"]
-    times = {1: [], 2: []}
+    epochs = CONFIG["studies"]["av"]["training"]["epochs"]
+    samples = p["num_classes"] * p["train_per_class"] * epochs
+    # the whole test stream is evaluated after each of the num_experiences experiences
+    eval_samples = p["num_classes"] * p["test_per_class"] * p["num_experiences"]
+    sides = [(1, "sharded"), (2, "sharded"), (2, "replicated")]  # 1 process: the mode has no effect
+    train = {s: [] for s in sides}
+    evals = {s: [] for s in sides}
     for r in range(args.repeats):
-        order = (1, 2) if r % 2 == 0 else (2, 1)
-        for n in order:
-            times[n].append(_run(n, cfg_path, os.path.join(tmp, f"out-{n}")))
-    thr = {n: [samples / t for t in ts] for n, ts in times.items()}
-    for n in (1, 2):
-        v = thr[n]
-        print(f"throughput {n} process(es) x 1 thread: median {statistics.median(v):.0f} samples/s (range {min(v):.0f}-{max(v):.0f}, {len(v)} runs)")
-    ratios = [b / a for a, b in zip(thr[1], thr[2])]
-    print(f"ratio 2x1 / 1x1: median {statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f}; target >= 1.6)")
+        order = sides[r % len(sides):] + sides[: r % len(sides)]
+        for side in order:
+            t, e = _run(side[0], cfg_path, os.path.join(tmp, f"out-{side[0]}-{side[1]}"), side[1])
+            train[side].append(samples / t)
+            evals[side].append(eval_samples / e)
+    one, two, rep = sides
+    print(_line("training throughput 1 process x 1 thread", train[one]))
+    print(_line("training throughput 2 processes x 1 thread", train[two]))
+    print(_ratio("training ratio 2x1 / 1x1", train[one], train[two], "; target >= 1.6"))
+    print(_line("evaluation throughput 1 process x 1 thread", evals[one]))
+    print(_line("evaluation throughput 2 processes x 1 thread, sharded", evals[two]))
+    print(_line("evaluation throughput 2 processes x 1 thread, replicated", evals[rep]))
+    print(_ratio("evaluation ratio 2x1 sharded / 1x1", evals[one], evals[two]))
+    print(_ratio("evaluation ratio 2x1 replicated / 1x1", evals[one], evals[rep]))
 
 
 if __name__ == "__main__":

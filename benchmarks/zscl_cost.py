@@ -2,15 +2,22 @@
 
 The demo study's MTIL setting (``avalanche_mm/configs/default.yaml``: the procedural
 world, ``demo-clip``, batch 32, ZSCL with reference batch 32, L2 1, WE every 5) is
-trained task after task by continual fine-tuning and by ZSCL; each task's
-iterations are timed from one ``after_training_iteration`` to the next (the
-steady-state step, data loading included, per-task setup excluded). The methods
-alternate per repeat (ABBA) and the script prints, one line per figure, the median
-and range of the per-iteration times and of the per-repeat ratios, and the largest
-relative difference of the ZSCL losses with and without the teacher-feature cache.
+trained task after task by continual fine-tuning (``FineTune`` with the recipe's
+optimizer, as a user writes it) and by ZSCL; each task's iterations are timed from one
+``after_training_iteration`` to the next (the steady-state step, data loading and the
+periodic weight-ensemble merges included, per-task setup excluded) and averaged per
+run. The methods alternate per repeat (ABBA) and the script prints, one line per
+figure, the median and range over the repeats of the per-iteration times (wall clock,
+and CPU time of the training thread, which a loaded shared machine disturbs less) and
+of the per-repeat ratios, and the largest relative difference of the ZSCL losses
+between the default (fused passes, teacher features precomputed) and the plain
+computation (separate passes, autograd L2, teacher forward every step).
 Target: ZSCL / fine-tune <= 1.3.
 
-Usage: ``python benchmarks/zscl_cost.py [--repeats 5] [--iterations 40] [--tasks 2]``
+``--parts`` also prints where an iteration's time goes (phases between the strategy's
+callbacks, and the ZSCL plugin's own work), in ms per iteration.
+
+Usage: ``python benchmarks/zscl_cost.py [--repeats 5] [--iterations 40] [--tasks 2] [--parts]``
 """
 
 from __future__ import annotations
@@ -30,20 +37,57 @@ TASKS = [{"name": "textures", "target": "texture"}, {"name": "colours", "target"
          {"name": "objects-a", "target": "combination", "num_classes": 8},
          {"name": "objects-b", "target": "combination", "num_classes": 8}]
 
+#: ZSCL variants: constructor overrides of the defaults
+MODES = {
+    "zscl": {},  # what a user gets: fused passes, fast L2, teacher features precomputed (tensor reference)
+    "zscl-teacher": {"precompute_teacher_images": False},  # teacher image forward every step
+    "zscl-plain": {"precompute_teacher_images": False, "fused_forward": False, "fast_l2": False},
+}
+LABELS = {
+    "finetune": "fine-tune",
+    "zscl": "ZSCL (default: fused passes, teacher features precomputed)",
+    "zscl-teacher": "ZSCL (teacher forward every step)",
+    "zscl-plain": "ZSCL (plain: separate passes, autograd L2, teacher every step)",
+}
+# phases between the timer's callbacks (the timer is the last plugin: a phase ending at
+# callback X includes the other plugins' X work)
+PHASES = [("before_forward", "data + lr + reference draw"), ("after_forward", "forward"),
+          ("before_backward", "loss (criterion + ZSCL terms)"), ("after_backward", "backward (+ L2 gradient)"),
+          ("after_update", "optimizer step + zero_grad"), ("after_training_iteration", "end of iteration (WE merge)")]
+
 
 class StepTimer(SupervisedPlugin):
-    def __init__(self):
+    """Per-step wall and thread-CPU times; with ``phases``, the time between callbacks."""
+
+    def __init__(self, phases: bool = False):
         super().__init__()
-        self.steps, self._last = [], None
+        self.wall, self.cpu, self.parts = [], [], {k: [] for k, _ in PHASES}
+        self._last = None
+        self._phase_t = None
+        if phases:
+            for name, _ in PHASES[:-1]:
+                setattr(self, name, self._mark(name))
+
+    def _mark(self, name):
+        def mark(strategy, **kw):
+            now = time.perf_counter()
+            if self._phase_t is not None:
+                self.parts[name].append(now - self._phase_t)
+            self._phase_t = now
+        return mark
 
     def before_training_exp(self, strategy, **kw):
-        self._last = None
+        self._last = self._phase_t = None
 
     def after_training_iteration(self, strategy, **kw):
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.thread_time()
+        if self._phase_t is not None and self._last is not None:
+            self.parts["after_training_iteration"].append(now - self._phase_t)
         if self._last is not None:
-            self.steps.append(now - self._last)
-        self._last = now
+            self.wall.append(now - self._last[0])
+            self.cpu.append(cpu - self._last[1])
+        self._last = (now, cpu)
+        self._phase_t = now
 
 
 class LossSpy(SupervisedPlugin):
@@ -55,9 +99,7 @@ class LossSpy(SupervisedPlugin):
         self.losses.append(float(strategy.loss.detach()))
 
 
-def build(bundle, model, method, iterations, batch, plugins, cache=True):
-    """``cache``: True (teacher features precomputed once), False (teacher forward every step),
-    ``"legacy"`` (also no fused forward, autograd L2: the earlier implementation)."""
+def build(bundle, model, method, iterations, batch, plugins, overrides=None):
     from avalanche_mm.strategies import ZSCL, FineTune
     from avalanche_mm.strategies.finetune import make_clip_optimizer
 
@@ -68,18 +110,45 @@ def build(bundle, model, method, iterations, batch, plugins, cache=True):
         return FineTune(**common)
     ref = bundle.reference
     return ZSCL(reference_images=ref.images, reference_texts=list(dict.fromkeys(ref.texts)), we_every=5,
-                l2_weight=1.0, temperature=2.0, ref_batch_size=batch, cache_teacher_images=cache is True,
-                precompute_teacher_images=cache is True, fused_forward=cache != "legacy",
-                fast_l2=cache != "legacy", **common)
+                l2_weight=1.0, temperature=2.0, ref_batch_size=batch, **(overrides or {}), **common)
 
 
-def run(bundle, model, method, iterations, batch, tasks, cache=True):
-    timer, spy = StepTimer(), LossSpy()
+class _PluginClock:
+    """Wall time of some ZSCL plugin methods (wrapped on the instance)."""
+
+    NAMES = {"_draw": "reference draw", "distillation": "distillation losses (teacher lookups, KD)",
+             "_l2_direct": "L2 value (theta - theta_start, norms)", "after_backward": "L2 gradient add",
+             "_merge": "WE merge (per merge)"}
+
+    def __init__(self, plugin):
+        self.times = {k: [] for k in self.NAMES}
+        for name in self.NAMES:
+            orig = getattr(plugin, name)
+
+            def timed(*a, _orig=orig, _out=self.times[name], **k):
+                t = time.perf_counter()
+                r = _orig(*a, **k)
+                _out.append(time.perf_counter() - t)
+                return r
+
+            setattr(plugin, name, timed)
+
+
+def run(bundle, model, which, iterations, batch, tasks, parts=False):
+    timer, spy = StepTimer(phases=parts), LossSpy()
     torch.manual_seed(0)
-    strat = build(bundle, copy.deepcopy(model), method, iterations, batch, [timer, spy], cache)
+    method = "finetune" if which == "finetune" else "zscl"
+    strat = build(bundle, copy.deepcopy(model), method, iterations, batch, [timer, spy], MODES.get(which))
+    clock = _PluginClock(strat.zscl_plugin) if parts and method == "zscl" else None
     for exp in list(bundle.scenario.train_stream)[:tasks]:
         strat.train(exp)
-    return statistics.median(timer.steps), spy.losses
+    out = {"wall": statistics.fmean(timer.wall), "cpu": statistics.fmean(timer.cpu), "losses": spy.losses}
+    if parts:
+        out["parts"] = {k: statistics.fmean(v) for k, v in timer.parts.items() if v}
+        if clock is not None:
+            n = len(timer.wall) + tasks  # every iteration, the timed ones and each task's first
+            out["plugin"] = {k: (sum(v) / n if k != "_merge" else statistics.median(v)) for k, v in clock.times.items() if v}
+    return out
 
 
 def main():
@@ -89,6 +158,7 @@ def main():
     ap.add_argument("--iterations", type=int, default=40)
     ap.add_argument("--tasks", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--parts", action="store_true", help="also print where the time of an iteration goes")
     args = ap.parse_args()
     torch.set_flush_denormal(True)
 
@@ -98,42 +168,42 @@ def main():
 
     bundle = demo_mtil(world=WORLD, tasks=TASKS, train_per_class=32, test_per_class=16, reference_per_combination=20)
     model = clip_classifier(build_backbone("demo-clip", seed=0), bundle, {"freeze": ["logit_scale"]})
-    # equality of the losses with and without the teacher-feature cache
-    _, cached = run(bundle, model, "zscl", 10, args.batch_size, 1, cache=True)
-    _, plain = run(bundle, model, "zscl", 10, args.batch_size, 1, cache=False)
-    rel = max(abs(a - b) / max(1.0, abs(b)) for a, b in zip(cached, plain))
+    # the default's losses against the plain computation (same data, same weights)
+    fast = run(bundle, model, "zscl", 10, args.batch_size, 1)["losses"]
+    plain = run(bundle, model, "zscl-plain", 10, args.batch_size, 1)["losses"]
+    rel = max(abs(a - b) / max(1.0, abs(b)) for a, b in zip(fast, plain))
     run(bundle, model, "finetune", 5, args.batch_size, 1)  # warm-up
 
-    modes = {"zscl": True, "zscl-nocache": False, "zscl-legacy": "legacy"}
-    times = {k: [] for k in ["finetune", *modes]}
-    ratios = {k: [] for k in modes}
+    names = ["finetune", *MODES]
+    res = {k: [] for k in names}
     for r in range(args.repeats):
-        order = ["finetune", *modes]
-        if r % 2:
-            order.reverse()
-        t = {}
+        order = names if r % 2 == 0 else names[::-1]
         for which in order:
-            method = "finetune" if which == "finetune" else "zscl"
-            t[which], _ = run(bundle, model, method, args.iterations, args.batch_size, args.tasks,
-                              cache=modes.get(which, True))
-            times[which].append(t[which])
-        for k in modes:
-            ratios[k].append(t[k] / t["finetune"])
+            res[which].append(run(bundle, model, which, args.iterations, args.batch_size, args.tasks, args.parts))
 
     def fig(name, xs, unit="", scale=1.0):
         print(f"{name}: median {statistics.median(xs) * scale:.3f}{unit} (range {min(xs) * scale:.3f}-"
               f"{max(xs) * scale:.3f}, {len(xs)} interleaved repeats)")
 
     print(f"# demo recipe: demo-clip, batch {args.batch_size}, {args.tasks} tasks x {args.iterations} iterations, "
-          f"threads={torch.get_num_threads()}")
-    fig("fine-tune iteration", times["finetune"], " ms", 1e3)
-    fig("ZSCL iteration (default + teacher features precomputed)", times["zscl"], " ms", 1e3)
-    fig("ZSCL iteration (teacher forward every step)", times["zscl-nocache"], " ms", 1e3)
-    fig("ZSCL iteration (earlier implementation: 2 forwards, autograd L2, no cache)", times["zscl-legacy"], " ms", 1e3)
-    fig("ZSCL / fine-tune iteration ratio", ratios["zscl"])
-    fig("ZSCL (teacher every step) / fine-tune iteration ratio", ratios["zscl-nocache"])
-    fig("ZSCL (earlier implementation) / fine-tune iteration ratio", ratios["zscl-legacy"])
-    print(f"ZSCL losses cached vs uncached, max relative difference over 10 steps: {rel:.2e}")
+          f"threads={torch.get_num_threads()}; per-iteration means (WE merges included)")
+    for k in names:
+        fig(f"{LABELS[k]} iteration", [x["wall"] for x in res[k]], " ms", 1e3)
+    for k in MODES:
+        fig(f"{LABELS[k]} / fine-tune iteration ratio",
+            [z["wall"] / f["wall"] for z, f in zip(res[k], res["finetune"])])
+    fig("ZSCL (default) / fine-tune iteration ratio, CPU time of the training thread",
+        [z["cpu"] / f["cpu"] for z, f in zip(res["zscl"], res["finetune"])])
+    print(f"ZSCL losses default vs plain computation, max relative difference over 10 steps: {rel:.2e}")
+    if args.parts:
+        print("# where the time goes, ms per iteration (median over repeats of per-run means)")
+        for key, label in PHASES:
+            row = [statistics.median([x["parts"][key] for x in res[k]]) * 1e3 for k in ("finetune", "zscl")]
+            print(f"phase {label}: fine-tune {row[0]:.2f} ms, ZSCL {row[1]:.2f} ms, difference {row[1] - row[0]:+.2f} ms")
+        for key, label in _PluginClock.NAMES.items():
+            xs = [x["plugin"][key] for x in res["zscl"] if key in x.get("plugin", {})]
+            if xs:
+                print(f"ZSCL plugin, {label}: {statistics.median(xs) * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,22 @@ class BenchmarkBundle:
     def n_experiences(self) -> int:
         return len(self.scenario.train_stream)
 
+    @property
+    def shared_test_sets(self) -> bool:
+        """True when the test experiences are fixed test sets evaluated after every training
+        experience (``scenario.info["test_protocol"] == "shared"``, e.g. Mod-X's Flickr30K and
+        COCO test splits): the matrix is then ``[training experiences, test sets]``; False when
+        test experience ``i`` belongs to training experience ``i`` (the accuracy matrix)."""
+        info = getattr(self.scenario, "info", None) or {}
+        return isinstance(info, Mapping) and info.get("test_protocol") == "shared"
+
+    def phase_names(self) -> List[str]:
+        """A short name per training experience (``phase0``... for shared test sets, else the
+        test experiences' names, which then name the training experiences too)."""
+        if self.shared_test_sets:
+            return [f"phase{i}" for i in range(self.n_experiences)]
+        return self.experience_names()
+
     def experience_names(self) -> List[str]:
         """A short name per test experience (dataset name when known)."""
         out = []

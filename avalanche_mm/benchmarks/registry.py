@@ -29,7 +29,7 @@ from avalanche_mm.schema import Opt, _suggest
 _MISSING = inspect.Parameter.empty
 
 #: parameters the runner supplies (never config parameters)
-INJECTED = ("root", "image_transform", "tokenizer")
+INJECTED = ("root", "image_transform", "tokenizer", "backbone_tokenizer")
 
 #: every benchmark a config can name (entry-point group ``avalanche_mm.benchmarks``)
 BENCHMARKS: Registry = Registry("benchmark")

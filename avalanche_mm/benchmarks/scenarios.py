@@ -631,6 +631,8 @@ def retrieval_phases_scenario(
     valid_sets: Optional[Mapping[str, Any]] = None,
     name: Optional[str] = None,
     info: Optional[Mapping[str, Any]] = None,
+    shared_test_sets: bool = False,
+    shuffle: bool = True,
 ) -> MultimodalScenario:
     """Instance-incremental image-text pairs: ``num_phases`` disjoint phases.
 
@@ -648,6 +650,12 @@ def retrieval_phases_scenario(
         ``valid`` stream.
     :param name: ``experience.dataset_name`` of the training phases.
     :param info: extra protocol metadata.
+    :param shared_test_sets: the test experiences are fixed test sets evaluated after every
+        phase (Mod-X: the Flickr30K 1K and COCO 5K test splits), not one test set per phase;
+        recorded as ``info["test_protocol"] = "shared"`` (else ``"per-phase"``), which lets the
+        main job accept a test stream of another length than the train stream.
+    :param shuffle: deal the groups in a seeded random order (default); False keeps their
+        order of first appearance (Mod-X's code: contiguous fifths of the annotation file).
     """
     seed = _check_seed(seed)
     where = "retrieval_phases_scenario"
@@ -657,14 +665,14 @@ def retrieval_phases_scenario(
     groups = list(train_pairs.targets) if group_ids is None else [int(g) for g in group_ids]
     if len(groups) != len(train_pairs):
         raise ValueError(f"{where}: {len(groups)} group_ids for {len(train_pairs)} pairs.")
-    uniq = sorted(set(groups))
+    uniq = sorted(set(groups)) if shuffle else list(dict.fromkeys(groups))
     if not isinstance(num_phases, (int, np.integer)) or not 1 <= num_phases <= len(uniq):
         raise ValueError(
             f"{where}: num_phases must be an int between 1 and the number of distinct "
             f"groups ({len(uniq)}), got {num_phases!r}."
         )
     rng = np.random.default_rng(seed)
-    perm = [uniq[i] for i in rng.permutation(len(uniq))]
+    perm = [uniq[i] for i in rng.permutation(len(uniq))] if shuffle else uniq
     phase_of = {g: i * num_phases // len(perm) for i, g in enumerate(perm)}
     phase_idx: List[List[int]] = [[] for _ in range(num_phases)]
     for i, g in enumerate(groups):
@@ -693,7 +701,8 @@ def retrieval_phases_scenario(
                 timeline=False,
             )
         )
-    meta = {"num_phases": int(num_phases), "seed": seed}
+    meta = {"num_phases": int(num_phases), "seed": seed,
+            "test_protocol": "shared" if shared_test_sets else "per-phase"}
     meta.update(info or {})
     return MultimodalScenario(
         streams,

@@ -158,7 +158,8 @@ def check_study(config: Mapping[str, Any], name: str, *, build: bool = True) -> 
     if build and kind == "clip" and not static_model:
         try:  # built once here (weights present: static checks passed) and reused by run
             out.backbone = build_clip_backbone(model_cfg, seed=derive_seed(seed, name, "init"))
-            inject = {"image_transform": out.backbone.preprocess_eval, "image_size": out.backbone.image_size}
+            inject = {"image_transform": out.backbone.preprocess_eval, "image_size": out.backbone.image_size,
+                      "backbone_tokenizer": out.backbone.sample_tokenizer}
         except (ValueError, TypeError, KeyError, OSError, RuntimeError) as err:
             out.problems.append(f"{key}.model.backbone: {model_cfg['backbone']!r} could not be built: {_short(err)}")
     # real data too (its root exists: validate_config checked it): the files inside, their
@@ -176,7 +177,7 @@ def check_study(config: Mapping[str, Any], name: str, *, build: bool = True) -> 
             out.problems.extend(_freeze_problems(model_cfg, bundle, f"{key}.model", seed=derive_seed(seed, name, "init")))
     if bundle is not None and kind == "clip" and out.backbone is not None:
         out.problems.extend(_image_size_problems(bundle, out.backbone, key, model_cfg["backbone"]))
-    if bundle is not None and len(bundle.scenario.test_stream) != bundle.n_experiences:
+    if bundle is not None and not bundle.shared_test_sets and len(bundle.scenario.test_stream) != bundle.n_experiences:
         out.problems.append(
             f"{key}.benchmark: the train stream has {bundle.n_experiences} experiences and the test stream "
             f"{len(bundle.scenario.test_stream)}; the accuracy matrix needs one test experience per training experience"

@@ -283,6 +283,12 @@ SCHEMA = Section(
             {
                 "backend": Opt("str", "auto", choices=["auto", "gloo", "nccl"], help="process-group backend under torchrun (auto: NCCL on GPUs, else gloo)"),
                 "timeout": Opt("float", 300.0, minimum=1.0, help="seconds a rank waits in a collective before the run stops (a dead or hung rank)"),
+                "eval": Opt(
+                    "str", "sharded", choices=["sharded", "replicated"],
+                    help="evaluation under several processes: 'sharded' (each rank evaluates a slice of every global "
+                    "evaluation minibatch, the results are gathered: the metrics of a 1-process evaluation) or "
+                    "'replicated' (every rank evaluates the whole test stream)",
+                ),
             },
             help="data-parallel runs under torchrun / --nproc-per-node (see docs/scaling.md)",
         ),

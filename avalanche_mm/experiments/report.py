@@ -94,13 +94,6 @@ def strategy_summary(state: Mapping[str, Any], *, training: Optional[Mapping[str
     :param training: last value of each training-phase metric (from its
         ``metrics.jsonl``, see :func:`read_metrics`), kept under ``"training"``.
     """
-    from avalanche_mm.metrics.functional.stream import (
-        backward_transfer,
-        forgetting,
-        forward_transfer,
-        mtil_summary,
-    )
-
     A = _matrix(state)
     T = state["n_experiences"]
     t = A.shape[0]
@@ -120,24 +113,25 @@ def strategy_summary(state: Mapping[str, Any], *, training: Optional[Mapping[str
     if t == 0:
         out.update(extra={}, training=dict(training or {}))
         return out
-    out["avg_seen"] = _mean(A[t - 1, :t])
-    seen_rows = [_mean(A[k, : k + 1]) for k in range(t)]
-    out["avg_incremental"] = _mean(seen_rows)
-    if t == T and T >= 2 and np.all(np.isfinite(A)):
-        out.update({k: v for k, v in mtil_summary(A).items()})
-    if t >= 2 and np.all(np.isfinite(A[:t, :t][np.tril_indices(t)])):
-        out["forgetting"] = forgetting(A, step=t - 1)
-        out["bwt"] = backward_transfer(A, step=t - 1)
-    base = state.get("baseline")
-    if base is not None and t >= 2:
-        b = np.array([_num(v) for v in base])
-        try:
-            out["fwt"] = forward_transfer(A, b, step=t - 1)
-        except ValueError:
-            out["fwt"] = NAN
-    # per-modality accuracy: final row, averaged over the experiences seen
     uni = (state.get("unimodal") or [{}])[-1] if state.get("unimodal") else {}
-    out["modalities"] = {m: _mean(vals[:t]) for m, vals in sorted(uni.items())}
+    if _shared(state):
+        # fixed test sets evaluated after every experience: no diagonal; "seen" is every test
+        # set, forgetting and BWT compare each column with its earlier rows (shared_test_summary)
+        from avalanche_mm.metrics.functional.retrieval_stream import shared_test_summary
+
+        out["avg_seen"] = out["last"] = _mean(A[t - 1])
+        out["avg_incremental"] = out["avg"] = _mean([_mean(r) for r in A])
+        try:
+            summ = shared_test_summary(A, baseline=state.get("baseline"))
+        except ValueError:
+            summ = {}
+        out["forgetting"] = summ.get("forgetting", NAN)
+        out["bwt"] = summ.get("bwt", NAN)
+        out["modalities"] = {m: _mean(vals) for m, vals in sorted(uni.items())}
+    else:
+        _per_experience_summary(out, A, state, t, T)
+        # per-modality accuracy: final row, averaged over the experiences seen
+        out["modalities"] = {m: _mean(vals[:t]) for m, vals in sorted(uni.items())}
     scalars = (state.get("scalars") or [{}])[-1]
     out["imbalance_index"] = _num(scalars.get("ModalityImbalanceIndex_Stream"))
     out["contributions"] = {
@@ -156,6 +150,37 @@ def strategy_summary(state: Mapping[str, Any], *, training: Optional[Mapping[str
     return out
 
 
+def _shared(state: Mapping[str, Any]) -> bool:
+    """The state's rows are over shared test sets (one column per fixed test set)."""
+    return state.get("test_protocol") == "shared"
+
+
+def _per_experience_summary(out: Dict[str, Any], A: np.ndarray, state: Mapping[str, Any], t: int, T: int) -> None:
+    """The accuracy-matrix summaries (test experience i = training experience i)."""
+    from avalanche_mm.metrics.functional.stream import (
+        backward_transfer,
+        forgetting,
+        forward_transfer,
+        mtil_summary,
+    )
+
+    out["avg_seen"] = _mean(A[t - 1, :t])
+    seen_rows = [_mean(A[k, : k + 1]) for k in range(t)]
+    out["avg_incremental"] = _mean(seen_rows)
+    if t == T and T >= 2 and np.all(np.isfinite(A)):
+        out.update({k: v for k, v in mtil_summary(A).items()})
+    if t >= 2 and np.all(np.isfinite(A[:t, :t][np.tril_indices(t)])):
+        out["forgetting"] = forgetting(A, step=t - 1)
+        out["bwt"] = backward_transfer(A, step=t - 1)
+    base = state.get("baseline")
+    if base is not None and t >= 2:
+        b = np.array([_num(v) for v in base])
+        try:
+            out["fwt"] = forward_transfer(A, b, step=t - 1)
+        except ValueError:
+            out["fwt"] = NAN
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -167,12 +192,14 @@ def transfer_curve(state: Mapping[str, Any]) -> List[float]:
     base = state.get("baseline")
     out.append(_mean(base) if base is not None else NAN)
     for t, row in enumerate(state.get("rows") or []):
-        out.append(_mean(row[t + 1 :]) if t + 1 < T else NAN)
+        out.append(_mean(row[t + 1 :]) if t + 1 < T and not _shared(state) else NAN)
     return out
 
 
 def seen_curve(state: Mapping[str, Any]) -> List[float]:
     """Mean accuracy on the experiences trained so far, after each one."""
+    if _shared(state):  # every shared test set counts after every experience
+        return [_mean(row) for row in state.get("rows") or []]
     return [_mean(row[: t + 1]) for t, row in enumerate(state.get("rows") or [])]
 
 
@@ -264,13 +291,19 @@ def alignment_table(summaries: Sequence[Mapping[str, Any]]) -> Optional[List[Lis
     return _table(["strategy"] + [t for _, t in keys], rows)
 
 
-def matrix_table(state: Mapping[str, Any], names: Sequence[str]) -> List[List[str]]:
-    """The accuracy matrix (%), with the initial (zero-shot) row first."""
+def matrix_table(state: Mapping[str, Any], names: Sequence[str], *, phases: Optional[Sequence[str]] = None) -> List[List[str]]:
+    """The accuracy matrix (%), with the initial (zero-shot) row first.
+
+    :param names: the test experiences (columns).
+    :param phases: the training experiences (rows; default ``names``, as when test
+        experience i is experience i's).
+    """
+    phases = list(phases) if phases is not None else list(names)
     rows = []
     if state.get("baseline") is not None:
         rows.append(["initial"] + [_pct(_num(v)) for v in state["baseline"]])
     for k, row in zip(state.get("finished") or [], state.get("rows") or []):
-        rows.append([f"after {names[k]}"] + [_pct(_num(v)) for v in row])
+        rows.append([f"after {phases[k]}"] + [_pct(_num(v)) for v in row])
     return _table(["row \\ test"] + list(names), rows)
 
 
@@ -399,8 +432,12 @@ def plot_study(
     *,
     training_series: Optional[Mapping[str, Mapping[str, Sequence[float]]]] = None,
     max_panels: int = 6,
+    phases: Optional[Sequence[str]] = None,
 ) -> Dict[str, str]:
     """Draw the study's plots into ``folder``; returns title -> file name.
+
+    :param names: the test experiences (matrix columns).
+    :param phases: the training experiences (matrix rows; default ``names``).
 
     :param training_series: strategy -> training metric -> values in logging
         order (:func:`read_metrics`); its per-modality families
@@ -420,7 +457,7 @@ def plot_study(
     fig.subplots_adjust(wspace=0.55, hspace=0.6)
     for k, (ax, st) in enumerate(zip(axes.flat, done)):
         A = _matrix(st) * 100
-        full = np.full((st["n_experiences"], st["n_experiences"]), np.nan)
+        full = np.full((st["n_experiences"], A.shape[1]), np.nan)
         full[: A.shape[0]] = A
         im = ax.imshow(full, vmin=0, vmax=100, cmap="viridis")
         for (i, j), v in np.ndenumerate(full):
@@ -429,9 +466,9 @@ def plot_study(
         ax.set_title(st["strategy"], fontsize=9)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(names)))
+        ax.set_yticks(range(len(phases or names)))
         if k % cols == 0:
-            ax.set_yticklabels([f"after {n}" for n in names], fontsize=7)
+            ax.set_yticklabels([f"after {n}" for n in (phases or names)], fontsize=7)
         else:
             ax.set_yticklabels([])
     for ax in list(axes.flat)[n:]:
@@ -663,7 +700,11 @@ def _study_facts(study: Mapping[str, Any], info: Mapping[str, Any], names: Seque
         facts.append(f"backbone pretrained on the reference split ({pre.get('reference_pairs', '?')} pairs, "
                      f"{pre.get('iterations', '?')} steps, final loss {pre.get('final_loss', NAN):.3f}; "
                      f"{'loaded from the cache' if pre.get('cached') else 'trained in this run'})")
-    facts.append(f"experiences: {', '.join(names)}")
+    if info.get("test_protocol") == "shared":
+        facts.append(f"training experiences: {', '.join(info.get('phases') or [])}; shared test sets evaluated after "
+                     f"each: {', '.join(names)} (forgetting / BWT per test set against its earlier rows)")
+    else:
+        facts.append(f"experiences: {', '.join(names)}")
     return facts
 
 
@@ -710,11 +751,11 @@ def report_context(out: str, *, plots: Optional[bool] = None) -> Dict[str, Any]:
                            "note": "Every other number the strategies logged: evaluation scalars after the last "
                                    "experience, and the last value of each training metric (names as in `metrics.jsonl`)."})
         if do_plots:
-            files = plot_study(os.path.join(out, "plots"), sname, sts, names,
+            files = plot_study(os.path.join(out, "plots"), sname, sts, names, phases=info.get("phases"),
                                training_series={st["strategy"]: series.get((sname, st["strategy"]), {}) for st in sts})
             files.update(plot_modality_dynamics(os.path.join(out, "plots"), sname, out, sts))  # OGM-GE k, per-modality forgetting
             entry["plots"] = [{"caption": caption, "file": fname} for caption, fname in files.items()]
-        entry["matrices"] = [{"strategy": st["strategy"], "method": st["method"], "rows": matrix_table(st, names)}
+        entry["matrices"] = [{"strategy": st["strategy"], "method": st["method"], "rows": matrix_table(st, names, phases=info.get("phases"))}
                              for st in sts]
     expectations = (cfg.get("report") or {}).get("expectations") or []
     checks = check_expectations(expectations, by_study, states, env) if expectations else []

@@ -151,9 +151,9 @@ def retrieval_metrics(prepared, model) -> List[Any]:
     from .metrics import DriftFromInitial
 
     out: List[Any] = list(loss_metrics(epoch=True, stream=True))
-    out += [RetrievalStreamMetric(ks=(1, 5, 10)), TrainingTime()]
+    out += [RetrievalStreamMetric(ks=(1, 5, 10), shared_test_sets=prepared.bundle.shared_test_sets), TrainingTime()]
     backbone = find_backbone(prepared.initial_model)
-    zs = getattr(prepared.bundle, "zero_shot", None)
+    zs = getattr(prepared.bundle, "zero_shot", None) or getattr(prepared.bundle.scenario, "zero_shot", None)
     if zs is not None:
         out.append(ZeroShotHeldOut(zs["images"], zs["labels"], backbone.tokenize(zs["prompts"]), name=zs.get("name", "heldout")))
     ev = prepared.cfg["evaluation"]
@@ -172,7 +172,9 @@ def recall_matrix_from_state(state: Mapping[str, Any], key: str) -> Optional[np.
     """The ``[phases done, phases]`` matrix of recall ``key`` (e.g. ``"i2t_R1"``) from a strategy's
     state (the stream-level ``RetrievalMatrix_<key>_PhaseNNN`` values of each row), or None."""
     rows = state.get("scalars") or []
-    n = int(state.get("n_experiences") or 0)
+    acc_rows = state.get("rows") or []
+    # columns: the test experiences (one per phase, or the shared test sets)
+    n = len(acc_rows[0]) if acc_rows and acc_rows[0] is not None else int(state.get("n_experiences") or 0)
     if not rows or not n:
         return None
     mat = np.full((len(rows), n), np.nan)
@@ -188,6 +190,33 @@ def recall_matrix_from_state(state: Mapping[str, Any], key: str) -> Optional[np.
 
 def _fmt(v) -> str:
     return "-" if v is None or v != v else f"{100 * v:.1f}"
+
+
+def shared_summary_rows(states: Sequence[Mapping[str, Any]], test_names: Sequence[str]) -> List[List[str]]:
+    """Shared test sets (Mod-X's protocol): one row per (strategy, test set) after the last phase,
+    as Mod-X's tables: image-to-text and text-to-image R@1/5/10, then forgetting and BWT of the
+    mean R@1 on that test set (:func:`~avalanche_mm.metrics.functional.retrieval_stream.shared_test_summary`
+    on its column) and the zero-shot held-out accuracy."""
+    from avalanche_mm.metrics.functional.retrieval_stream import shared_test_summary
+
+    header = ["strategy", "method", "test set", "i2t R@1", "i2t R@5", "i2t R@10", "t2i R@1", "t2i R@5", "t2i R@10",
+              "forgetting R@1", "BWT R@1", "zero-shot held-out"]
+    out = [header]
+    for st in states:
+        last = (st.get("scalars") or [{}])[-1] if st.get("scalars") else {}
+        r1 = [recall_matrix_from_state(st, k) for k in ("i2t_R1", "t2i_R1")]
+        for j, name in enumerate(test_names):
+            cells = [_fmt(last.get(f"RetrievalMatrix_{d}_R{k}_Phase{j:03d}")) for d in ("i2t", "t2i") for k in (1, 5, 10)]
+            summ: Dict[str, float] = {}
+            if r1[0] is not None and r1[1] is not None:
+                col = 0.5 * (r1[0][:, [j]] + r1[1][:, [j]])
+                try:
+                    summ = shared_test_summary(col)
+                except ValueError:
+                    summ = {}
+            out.append([st["strategy"], st["method"], name] + cells
+                       + [_fmt(summ.get("forgetting")), _fmt(summ.get("bwt")), _fmt(last.get("ZeroShotHeldOut_Acc"))])
+    return out
 
 
 def retrieval_summary_rows(states: Sequence[Mapping[str, Any]]) -> List[List[str]]:
@@ -221,6 +250,7 @@ def retrieval_phenomena(states: Sequence[Mapping[str, Any]]) -> List[str]:
         if name == base[0] or method not in ("mod-x", "ctp"):
             continue
         for key, what, better in (("RetrievalR1_FirstPhase", "first-phase R@1 (%)", "higher"),
+                                  ("RetrievalR1_AvgAll" if "RetrievalR1_FirstPhase" not in sc else "-", "R@1 on the shared test sets (%)", "higher"),
                                   ("DriftFromInit_rotation_image", "image-space rotation (deg)", "lower"),
                                   ("DriftFromInit_rotation_text", "text-space rotation (deg)", "lower")):
             va, vb = sc.get(key), b.get(key)
@@ -232,7 +262,7 @@ def retrieval_phenomena(states: Sequence[Mapping[str, Any]]) -> List[str]:
     return out
 
 
-def _plot_first_phase(path: str, states, names) -> Optional[str]:
+def _plot_first_phase(path: str, states, names, *, shared: bool = False) -> Optional[str]:
     try:
         import matplotlib
 
@@ -246,10 +276,10 @@ def _plot_first_phase(path: str, states, names) -> Optional[str]:
         if not rows:
             continue
         axes[0].plot(range(1, len(rows) + 1), [100 * r[0] for r in rows], marker="o", label=st["strategy"])
-        axes[1].plot(range(1, len(rows) + 1), [100 * np.nanmean(r[: t + 1]) for t, r in enumerate(rows)], marker="o",
-                     label=st["strategy"])
-    axes[0].set_title("R@1 on the first phase's test pairs")
-    axes[1].set_title("R@1 averaged over the phases seen")
+        axes[1].plot(range(1, len(rows) + 1), [100 * np.nanmean(r if shared else r[: t + 1]) for t, r in enumerate(rows)],
+                     marker="o", label=st["strategy"])
+    axes[0].set_title(f"R@1 on {names[0]}" if shared else "R@1 on the first phase's test pairs")
+    axes[1].set_title("R@1 averaged over the shared test sets" if shared else "R@1 averaged over the phases seen")
     for ax in axes:
         ax.set_xlabel("after phase")
         ax.set_ylabel("R@1 (%)")
@@ -279,9 +309,16 @@ def retrieval_report_section(out: str, cfg: Mapping[str, Any], env: Mapping[str,
         sts = states.get(sname, [])
         if not sts or not any(recall_matrix_from_state(st, "i2t_R1") is not None for st in sts):
             continue
-        names = (env.get("studies", {}).get(sname, {}) or {}).get("experiences") or [f"phase{i}" for i in range(sts[0]["n_experiences"])]
-        table = retrieval_summary_rows(sts)
-        cap = f"{sname}: retrieval as a stream (%, after the last phase)"
+        info = env.get("studies", {}).get(sname, {}) or {}
+        names = info.get("experiences") or [f"phase{i}" for i in range(sts[0]["n_experiences"])]
+        shared = info.get("test_protocol") == "shared" or any(st.get("test_protocol") == "shared" for st in sts)
+        phases = info.get("phases") or (names if not shared else [f"phase{i}" for i in range(sts[0]["n_experiences"])])
+        if shared:
+            table = shared_summary_rows(sts, names)
+            cap = f"{sname}: retrieval on the shared test sets (%, after the last phase)"
+        else:
+            table = retrieval_summary_rows(sts)
+            cap = f"{sname}: retrieval as a stream (%, after the last phase)"
         md += [f"## {cap}", "", md_table(table), ""]
         text += [cap, text_table(table), ""]
         htm += [f"<h2>{cap}</h2>", html_table(table)]
@@ -290,7 +327,7 @@ def retrieval_report_section(out: str, cfg: Mapping[str, Any], env: Mapping[str,
                 mat = recall_matrix_from_state(st, key)
                 if mat is None:
                     continue
-                tab = [["after"] + list(names)] + [[names[t]] + [_fmt(v) for v in row] for t, row in enumerate(mat)]
+                tab = [["after"] + list(names)] + [[phases[t]] + [_fmt(v) for v in row] for t, row in enumerate(mat)]
                 md += [f"**{st['strategy']}**: {label} matrix R(t, i) (%)", "", md_table(tab), ""]
                 htm += [f"<h4>{st['strategy']}: {label} (%)</h4>", html_table(tab)]
         lines = retrieval_phenomena(sts)
@@ -299,7 +336,7 @@ def retrieval_report_section(out: str, cfg: Mapping[str, Any], env: Mapping[str,
             text += ["Phenomena (against contrastive fine-tuning)"] + lines + [""]
             htm += ["<h3>Phenomena</h3><ul>"] + [f"<li>{x}</li>" for x in lines] + ["</ul>"]
         if plot_dir:
-            fname = _plot_first_phase(os.path.join(plot_dir, f"{sname}_retrieval.png"), sts, names)
+            fname = _plot_first_phase(os.path.join(plot_dir, f"{sname}_retrieval.png"), sts, names, shared=shared)
             if fname:
                 md += [f"![retrieval R@1]({os.path.relpath(os.path.join(plot_dir, fname), out)})", ""]
                 htm += [f'<img src="{os.path.relpath(os.path.join(plot_dir, fname), out)}" alt="retrieval R@1">']
@@ -328,6 +365,7 @@ __all__ = [
     "retrieval_metrics",
     "recall_matrix_from_state",
     "retrieval_summary_rows",
+    "shared_summary_rows",
     "retrieval_phenomena",
     "retrieval_report_section",
 ]

@@ -191,7 +191,8 @@ def prepare_study(
         # built first: real-data benchmarks take the backbone's image preprocessing
         if backbone is None:
             backbone = build_checked(lambda: build_clip_backbone(model_cfg, seed=derive_seed(seed, name, "init")), key=f"studies.{name}.model")
-        inject = {"image_transform": backbone.preprocess_eval, "image_size": backbone.image_size}
+        inject = {"image_transform": backbone.preprocess_eval, "image_size": backbone.image_size,
+                  "backbone_tokenizer": backbone.sample_tokenizer}  # caption loaders: CLIP's own BPE
     bundle = checked.bundle if checked is not None else None
     if bundle is None:
         try:
@@ -209,6 +210,10 @@ def prepare_study(
         "description": bundle.description,
         "n_experiences": bundle.n_experiences,
         "experiences": bundle.experience_names(),
+        # "shared": the test experiences are fixed test sets evaluated after every training
+        # experience (rows: phases, columns: test sets); "per-experience": test i is experience i's
+        "test_protocol": "shared" if bundle.shared_test_sets else "per-experience",
+        "phases": bundle.phase_names(),
         # one task label per experience: MTIL-style (Transfer/Avg/Last are meaningful)
         "multi_task": len(set(labels)) == len(labels) > 1,
         # accuracy of a uniform guess on each test experience (among the classes a
@@ -374,7 +379,9 @@ def run_strategy(
     fp = strategy_fingerprint(config, study_name, strategy_name)
     scenario = prepared.bundle.scenario
     n_exp = len(scenario.train_stream)
-    if len(scenario.test_stream) != n_exp:
+    shared = prepared.bundle.shared_test_sets  # fixed test sets evaluated after every experience
+    n_cols = len(scenario.test_stream) if shared else n_exp
+    if not shared and len(scenario.test_stream) != n_exp:
         raise ValueError(
             f"studies.{study_name}.benchmark: the train stream has {n_exp} experiences and the test "
             f"stream {len(scenario.test_stream)}; the accuracy matrix needs one test experience per "
@@ -396,6 +403,8 @@ def run_strategy(
         return state
     if state is None or not state["finished"]:
         state = new_state(study=study_name, strategy=strategy_name, method=entry["method"], fingerprint=fp, n_experiences=n_exp)
+        if shared:  # rows are [test sets], not [experiences]: the report summarises them differently
+            state["test_protocol"] = "shared"
         for f in APPEND_ONLY if main else ():
             truncate_file(os.path.join(folder, f), 0)
     else:
@@ -431,6 +440,8 @@ def run_strategy(
     plugins += _extra_plugins(config, extra_plugins, PluginContext(study=study_name, strategy=strategy_name, output=out, folder=folder, bundle=prepared.bundle))
     ctx = BuildContext(model=model, kind=prepared.kind, training=training, device=device, evaluator=evaluator, plugins=plugins, bundle=prepared.bundle, seed=seed, world_size=D.world_size())
     strategy = spec.build(ctx, params)
+    if hasattr(type(strategy), "distributed_eval"):  # our templates (MultimodalTemplateMixin)
+        strategy.distributed_eval = config["distributed"]["eval"]
     workers = training["num_workers"]
     sources = [e.dataset for e in scenario.train_stream]  # replay buffers are saved as indices into these
     try:
@@ -441,7 +452,7 @@ def run_strategy(
             seed_everything(derive_seed(seed, "initial-eval"))
             collector.clear()
             strategy.eval(scenario.test_stream, num_workers=workers)
-            row, uni, scalars = _parse_eval(collector.values, n_exp)
+            row, uni, scalars = _parse_eval(collector.values, n_cols)
             state["baseline"] = row
             state["baseline_unimodal"] = uni
             state["baseline_scalars"] = scalars
@@ -454,7 +465,7 @@ def run_strategy(
             collector.clear()
             strategy.eval(scenario.test_stream, num_workers=workers)
             t2 = time.time()
-            row, uni, scalars = _parse_eval(collector.values, n_exp)
+            row, uni, scalars = _parse_eval(collector.values, n_cols)
             state["rows"].append(row)
             state["unimodal"].append(uni)
             state["scalars"].append(scalars)
@@ -477,7 +488,7 @@ def run_strategy(
             state["committed"] = _committed_sizes(folder)
             state["digests"] = committed_digests(folder, state["committed"])
             write_state(folder, state)
-            _write_matrix(folder, state, prepared.bundle.experience_names())
+            _write_matrix(folder, state, prepared.bundle.experience_names(), phases=prepared.bundle.phase_names())
             if config["checkpoints"]["keep"] == "last" and previous and previous != ckpt_rel:
                 old = confined_path(folder, previous)
                 if os.path.exists(old):
@@ -508,12 +519,16 @@ def _nanmean(values: Sequence[float]) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
-def _write_matrix(folder: str, state: Mapping[str, Any], names: Sequence[str]) -> None:
+def _write_matrix(folder: str, state: Mapping[str, Any], names: Sequence[str], *, phases: Optional[Sequence[str]] = None) -> None:
+    """``accuracy_matrix.csv``: one column per test experience (``names``), one row per
+    finished training experience (``phases``, default ``names``: test experience i is
+    experience i's; with shared test sets they differ)."""
+    phases = list(phases) if phases is not None else list(names)
     rows = []
     if state.get("baseline") is not None:
         rows.append(["initial"] + list(state["baseline"]))
     for k, row in zip(state["finished"], state["rows"]):
-        rows.append([f"after {names[k]}"] + list(row))
+        rows.append([f"after {phases[k]}"] + list(row))
     atomic_write_csv(os.path.join(folder, "accuracy_matrix.csv"), rows, header=["row"] + list(names))
 
 

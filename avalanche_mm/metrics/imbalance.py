@@ -86,10 +86,16 @@ class ModalityAblation:
         if not key:
             return strategy.mb_output
         if key not in self._cache:
+            drop = sorted(key)
+
+            def ablated(xs, ts):
+                return avalanche_forward(strategy.model, xs.drop(*drop), ts)
+
+            # sharded evaluation (several processes): each rank runs the pass on its own rows
+            # and the outputs are gathered (MultimodalTemplateMixin.map_eval_rows)
+            rows = getattr(strategy, "map_eval_rows", None)
             with torch.no_grad():
-                self._cache[key] = avalanche_forward(
-                    strategy.model, x.drop(*sorted(key)), strategy.mb_task_id
-                )
+                self._cache[key] = rows(ablated) if callable(rows) else ablated(x, strategy.mb_task_id)
             self.extra_passes += 1
         return self._cache[key]
 

@@ -12,6 +12,14 @@ logs per experience and per stream:
   ``RetrievalR1_BWT``, ``RetrievalMeanRecall_AvgSeen`` (stream level), and the current row
   of every matrix as ``RetrievalMatrix_i2t_R1_Phase002`` etc. (stream level, one per test phase).
 
+With ``shared_test_sets=True`` the test experiences are fixed test sets evaluated after every
+phase (Mod-X: Flickr30K 1K and COCO 5K test splits); the matrix is ``[phases, test sets]``,
+``RetrievalMatrix_*_PhaseNNN`` is test set NNN's column, and the stream summaries are
+``RetrievalR1_AvgAll``, ``RetrievalR1_Forgetting``, ``RetrievalR1_BWT`` and
+``RetrievalR1_FromInitial`` (when the initial model was evaluated) of
+:func:`~avalanche_mm.metrics.functional.retrieval_stream.shared_test_summary` (likewise
+``RetrievalMeanRecall_*``).
+
 :class:`ZeroShotHeldOut` logs zero-shot classification accuracy on a held-out task
 (Mod-X reports zero-shot transfer next to retrieval) after every evaluation.
 Formulas: :mod:`avalanche_mm.metrics.functional.retrieval_stream`.
@@ -41,6 +49,7 @@ from avalanche_mm.metrics.functional.retrieval_stream import (
     recall_keys,
     recall_matrices,
     retrieval_stream_summary,
+    shared_test_summary,
 )
 
 #: the per-experience metric the main job reads as the matrix row of a retrieval study
@@ -67,10 +76,13 @@ class RetrievalStreamMetric(PluginMetric[Dict[str, np.ndarray]]):
 
     :param ks: the recall cut-offs.
     :param stream_name: the evaluation stream to track.
+    :param shared_test_sets: the test experiences are fixed test sets evaluated after every
+        phase (columns = test sets), not one test set per phase.
     """
 
-    def __init__(self, *, ks: Sequence[int] = (1, 5, 10), stream_name: str = "test"):
+    def __init__(self, *, ks: Sequence[int] = (1, 5, 10), stream_name: str = "test", shared_test_sets: bool = False):
         super().__init__()
+        self.shared_test_sets = bool(shared_test_sets)
         self.ks = tuple(int(k) for k in ks)
         if not self.ks or any(k < 1 for k in self.ks):
             raise ValueError(f"ks must be positive integers, got {ks!r}.")
@@ -151,6 +163,18 @@ class RetrievalStreamMetric(PluginMetric[Dict[str, np.ndarray]]):
         if row is None or not mats or row not in self.rows:
             return {}
         out: Dict[str, float] = {}
+        if self.shared_test_sets:
+            base = recall_matrices([[self.baseline.get(i) for i in range(mats["R@1"].shape[1])]], ks=self.ks) \
+                if self.baseline else None
+            names = {"avg_all": "AvgAll", "forgetting": "Forgetting", "bwt": "BWT", "from_initial": "FromInitial"}
+            for key, prefix in (("R@1", "RetrievalR1"), ("mean_recall", "RetrievalMeanRecall")):
+                try:
+                    summ = shared_test_summary(mats[key][: row + 1], step=row,
+                                               baseline=None if base is None else base[key][0])
+                except ValueError:
+                    continue
+                out.update({f"{prefix}_{names[k]}": v for k, v in summ.items()})
+            return out
         for key, prefix in (("R@1", "RetrievalR1"), ("mean_recall", "RetrievalMeanRecall")):
             mat = mats[key][: row + 1]
             if not np.isfinite(mat[row, : row + 1]).all():
@@ -187,18 +211,19 @@ class ZeroShotHeldOut(PluginMetric[float]):
 
     Logs ``ZeroShotHeldOut_Acc/eval_phase/<name>_probe``.
 
-    :param images: ``[N, 3, H, W]`` preprocessed images of the held-out task.
+    :param images: ``[N, 3, H, W]`` preprocessed images of the held-out task, or a sequence of
+        ``[3, H, W]`` images read one by one (e.g. a lazy folder of real images).
     :param labels: ``[N]`` class indices.
     :param class_texts: token ids ``[C, L]`` of one prompt per class (e.g. ``backbone.tokenize``).
     :param name: the task's name in the logged metric.
     :param stream_name: the evaluation stream after which it runs.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, class_texts: Tensor, *, name: str = "heldout",
+    def __init__(self, images, labels: Tensor, class_texts: Tensor, *, name: str = "heldout",
                  stream_name: str = "test", batch_size: int = 256):
         super().__init__()
-        if images.shape[0] != labels.shape[0]:
-            raise ValueError(f"ZeroShotHeldOut: {images.shape[0]} images but {labels.shape[0]} labels.")
+        if len(images) != labels.shape[0]:
+            raise ValueError(f"ZeroShotHeldOut: {len(images)} images but {labels.shape[0]} labels.")
         if int(labels.max()) >= class_texts.shape[0]:
             raise ValueError(
                 f"ZeroShotHeldOut: labels go up to {int(labels.max())} but there are "
@@ -227,11 +252,14 @@ class ZeroShotHeldOut(PluginMetric[float]):
         with eval_mode(model):
             txt = F.normalize(bb.encode_text(self.class_texts.to(device)).float(), dim=-1)
             correct = 0
-            for s in range(0, self.images.shape[0], self.batch_size):
-                img = F.normalize(bb.encode_image(self.images[s : s + self.batch_size].to(device)).float(), dim=-1)
+            n = len(self.images)
+            for s in range(0, n, self.batch_size):
+                e = min(s + self.batch_size, n)
+                batch = self.images[s:e] if isinstance(self.images, Tensor) else torch.stack([self.images[i] for i in range(s, e)])
+                img = F.normalize(bb.encode_image(batch.float().to(device)).float(), dim=-1)
                 pred = (img @ txt.t()).argmax(1).cpu()
-                correct += int((pred == self.labels[s : s + self.batch_size]).sum())
-        return correct / self.images.shape[0]
+                correct += int((pred == self.labels[s:e]).sum())
+        return correct / n
 
     def after_eval(self, strategy) -> Optional[List[MetricValue]]:
         if current_stream_name(strategy) != self.stream_name:

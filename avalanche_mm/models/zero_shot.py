@@ -656,6 +656,15 @@ class RetrievalHead(nn.Module):
         self.last_image_features, self.last_text_features = img, txt
         return self.similarity(img, txt)
 
+    def sharded_eval_output(self, output: Tensor, gather) -> Tensor:
+        """The global ``[B, B]`` output of a minibatch evaluated in slices by several processes
+        (sharded evaluation, :attr:`~avalanche_mm.strategies.MultimodalTemplateMixin.distributed_eval`):
+        the slices' features are gathered (``gather``: rows of every rank, in order), kept as
+        ``last_*_features``, and the similarities recomputed over the whole minibatch."""
+        img, txt = gather([self.last_image_features, self.last_text_features])
+        self.last_image_features, self.last_text_features = img, txt
+        return self.similarity(img, txt)
+
 
 class ContrastiveRetrievalLoss(nn.Module):
     """Symmetric InfoNCE on a ``[B, B]`` similarity matrix (CLIP's loss).

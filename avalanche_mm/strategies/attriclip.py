@@ -233,7 +233,7 @@ def _check(ctx: CheckContext, params: Dict[str, Any]) -> List[str]:
 
 @register_method("attriclip", summary="AttriCLIP: attribute bank of (key, text prompt) pairs selected per image (frozen CLIP)",
                  params_from=AttriCLIP, model_kinds=("clip",), family="prompt",
-                 reference="Wang et al., CVPR 2023", check=_check)
+                 reference="Wang et al., CVPR 2023", check=_check, distributed=True)
 def _build(ctx: BuildContext, params: dict):
     return build_prompt_strategy(AttriCLIP, ctx, params)
 

@@ -39,6 +39,15 @@ Deviations: the code keeps the epoch with the best *validation* accuracy of each
 step; the runner keeps the last. Attention maps are clamped at 1e-12 before the
 log of the KL (the code's ``.log()`` can give ``-inf``).
 
+Under ``torchrun`` (docs/scaling.md): the memory is identical on every rank (the storage
+policy's choices follow the aligned generators); ``mem_batch_size`` is the exemplar count
+of the *global* batch, drawn identically on every rank and dealt round-robin; the
+instance and class-aware contrastive terms are computed over the global batch (this
+rank's audio rows against every rank's visual features, gathered with their gradient,
+labels gathered), not per shard as ``DistributedDataParallel`` on the released code
+would - so the step is the 1-process step (exact with equal shards: batch and exemplar
+counts multiples of the number of processes).
+
 :class:`ExemplarReplayPlugin` (the memory + exemplar minibatches, also used by
 SAMM), :class:`AVCILPlugin` (the losses) and :class:`AVCIL` (the strategy).
 """
@@ -53,6 +62,7 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 
+from avalanche_mm import distributed as _dist
 from avalanche_mm.data.batch import batch_size as batch_rows
 from avalanche_mm.data.batch import cat_batches, to_device
 from avalanche_mm.registry import Range
@@ -106,15 +116,27 @@ def task_distillation(logits: Tensor, old_logits: Tensor, task_classes: Sequence
     return loss
 
 
-def instance_contrastive(audio: Tensor, visual: Tensor, temperature: float = 0.05) -> Tensor:
-    """InfoNCE of ``norm(a) norm(v)^T / tau`` against the diagonal (audio -> visual)."""
+def instance_contrastive(audio: Tensor, visual: Tensor, temperature: float = 0.05, *,
+                         positives: Optional[Tensor] = None) -> Tensor:
+    """InfoNCE of ``norm(a) norm(v)^T / tau`` against the diagonal (audio -> visual).
+
+    :param positives: the column of each audio row's own visual feature when ``visual``
+        holds more rows than ``audio`` (the global batch under ``torchrun``); default the diagonal.
+    """
     score = F.normalize(audio, dim=-1) @ F.normalize(visual, dim=-1).t() / temperature
-    return F.cross_entropy(score, torch.arange(score.shape[0], device=score.device))
+    labels = torch.arange(score.shape[0], device=score.device) if positives is None else positives.to(score.device)
+    return F.cross_entropy(score, labels)
 
 
-def class_contrastive(audio: Tensor, visual: Tensor, y: Tensor, temperature: float = 0.05, variant: str = "code") -> Tensor:
-    """Class-aware audio-visual contrastive loss (``variant`` ``"code"`` or ``"paper"``, module docstring)."""
-    same = (y.view(-1, 1) == y.view(1, -1)).to(audio.dtype)
+def class_contrastive(audio: Tensor, visual: Tensor, y: Tensor, temperature: float = 0.05, variant: str = "code", *,
+                      y_visual: Optional[Tensor] = None) -> Tensor:
+    """Class-aware audio-visual contrastive loss (``variant`` ``"code"`` or ``"paper"``, module docstring).
+
+    :param y_visual: the labels of ``visual``'s rows when they are not ``y`` (the global batch
+        under ``torchrun``).
+    """
+    yv = y if y_visual is None else y_visual.to(y.device)
+    same = (y.view(-1, 1) == yv.view(1, -1)).to(audio.dtype)
     logp = F.log_softmax(F.normalize(audio, dim=-1) @ F.normalize(visual, dim=-1).t() / temperature, dim=-1)
     if variant == "code":
         return -(logp * same).mean(-1).mean()
@@ -156,10 +178,14 @@ class ExemplarReplayPlugin(SupervisedPlugin):
     the rest exemplars (``replay_index`` gives their positions in :attr:`samples`).
 
     :param mem_size: memory size (samples).
-    :param mem_batch_size: exemplars per minibatch.
+    :param mem_batch_size: exemplars per (global) minibatch; under ``torchrun`` each rank
+        appends its round-robin share of one draw made identically on every rank.
     :param storage_policy: ``"class_balanced"`` (random per class, shrinking; AV-CIL),
         ``"experience_balanced"`` or ``"reservoir"``.
     """
+
+    #: the last minibatch's rows (rank-local under torchrun; not compared between ranks)
+    ddp_transient = ("replay_index", "n_current")
 
     def __init__(self, *, mem_size: int = 200, mem_batch_size: int = 32, storage_policy: str = "class_balanced"):
         super().__init__()
@@ -186,8 +212,13 @@ class ExemplarReplayPlugin(SupervisedPlugin):
         self.replay_index = None
         if not self.samples:
             return
+        # mem_batch_size exemplars per *global* batch: every rank draws the same permutation (the
+        # same seeded generator state, the same memory) and takes its round-robin share, so the
+        # ranks replay different exemplars and together those of a 1-process run
         k = min(self.mem_batch_size, len(self.samples))
-        idx = torch.randperm(len(self.samples))[:k]
+        idx = _dist.shard(torch.randperm(len(self.samples))[:k])
+        if idx.numel() == 0:
+            return
         rows = [self.samples[int(i)] for i in idx]
         batch = list(self.collate(rows)) if self.collate is not None else list(torch.utils.data.default_collate(rows))
         batch = to_device(batch, strategy.device)
@@ -516,8 +547,16 @@ class AVCILPlugin(SupervisedPlugin):
 
     def _contrastive(self, model, y: Tensor) -> Tensor:
         a, v = model.last_audio_feature, model.last_visual_feature
-        li = instance_contrastive(a, v, self.tau_i)
-        lc = class_contrastive(a, v, y, self.tau_c, self.class_contrastive_variant)
+        if _dist.is_distributed():
+            # over the global batch, as one process computes it: this rank's audio rows against
+            # every rank's visual rows (gathered with their gradient), labels gathered too
+            v_all, own = _dist.gather_rows_with_grad(v, weight=float(a.shape[0]))
+            y_all, _ = _dist.gather_rows(y)
+            li = instance_contrastive(a, v_all, self.tau_i, positives=own)
+            lc = class_contrastive(a, v_all, y, self.tau_c, self.class_contrastive_variant, y_visual=y_all)
+        else:
+            li = instance_contrastive(a, v, self.tau_i)
+            lc = class_contrastive(a, v, y, self.tau_c, self.class_contrastive_variant)
         self.last_terms.update(instance=float(li.detach()), class_aware=float(lc.detach()))
         return self.lambda_i * li + self.lambda_c * lc
 
@@ -563,7 +602,7 @@ class AVCIL(FineTune):
         **kwargs,
     ):
         _avcil_model(model)
-        mb = kwargs.get("train_mb_size", 1)
+        mb = int(kwargs.get("train_mb_size", 1)) * _dist.world_size()  # the global training batch
         self.avcil_plugin = AVCILPlugin(
             mem_size=mem_size, mem_batch_size=mem_batch_size or max(1, int(mb) // 2), storage_policy=storage_policy,
             temperature=temperature, lambda_i=lambda_i, lambda_c=lambda_c, tau_i=tau_i, tau_c=tau_c, lam=lam, ce=ce,
@@ -629,6 +668,7 @@ def _check(ctx: CheckContext, params: dict) -> List[str]:
     family="replay",
     reference="Pian et al., ICCV 2023",
     check=_check,
+    distributed=True,
 )
 def _build(ctx: BuildContext, params: dict):
     kw = ctx.common_kwargs(FineTune)  # the schedule arguments AVCIL forwards to FineTune

@@ -163,7 +163,10 @@ class CLIPLwFPlugin(SupervisedPlugin):
             self._teacher_text = self.teacher.encode_text(tokens)
         dataset = strategy.experience.dataset
         dataset = dataset.eval() if hasattr(dataset, "eval") else dataset
-        bs = int(self.ref_batch_size or strategy.train_mb_size)
+        # replicated on every rank under torchrun (the same seeded order): the global batch's size
+        from avalanche_mm import distributed as _dist
+
+        bs = int(self.ref_batch_size or strategy.train_mb_size * _dist.world_size())
         exp_id = int(getattr(strategy.experience, "current_experience", 0))
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + exp_id)
         self._ref_iter = self._cycle(dataset, bs, generator)

@@ -139,7 +139,7 @@ def _check(ctx: CheckContext, params: Dict[str, Any]) -> List[str]:
 
 @register_method("coda-prompt", summary="CODA-Prompt: attention-weighted prompt components as prefixes (frozen CLIP)",
                  params_from=CODAPrompt, model_kinds=("clip",), family="prompt",
-                 reference="Smith et al., CVPR 2023", check=_check)
+                 reference="Smith et al., CVPR 2023", check=_check, distributed=True)
 def _build(ctx: BuildContext, params: dict):
     return build_prompt_strategy(CODAPrompt, ctx, params, per_experience='n_tasks')
 

@@ -30,6 +30,15 @@ as random unit vectors as in the code (``queue_init="random"``; ``"empty"``
 uses only real keys). The masked-language-modelling terms of the code's BERT
 text encoder have no counterpart in a CLIP backbone and are left out.
 
+Under ``torchrun`` (docs/scaling.md) the momentum keys of the global batch are
+all-gathered (as MoCo's ``concat_all_gather``; no gradient): they are every rank's
+in-batch negatives and all of them are enqueued, in the order of a 1-process run, so
+the queue is identical on every rank. The topology terms use the global batch's
+similarity matrices (this rank's rows against every rank's features, gathered with
+their gradient), and the in-batch InfoNCE of :class:`ContrastiveFineTune` does the same:
+the step is the 1-process step on the global batch. (ALBEF-style code under DDP
+contrasts with the rank's own momentum keys plus the queue only.)
+
 :class:`CTPPlugin` holds the mechanism; :class:`CTP` is contrastive continual
 training with it.
 """
@@ -43,6 +52,7 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 
+from avalanche_mm import distributed as _dist
 from avalanche_mm.registry import Range
 
 from .finetune import _check_number
@@ -136,36 +146,51 @@ class KeyQueue:
 
 
 def momentum_contrast_loss(image: Tensor, text: Tensor, image_keys: Tensor, text_keys: Tensor,
-                           image_queue: Tensor, text_queue: Tensor, tau: float) -> Tensor:
+                           image_queue: Tensor, text_queue: Tensor, tau: float, *,
+                           positives: Optional[Tensor] = None) -> Tensor:
     """Contrast current features with the momentum keys of the batch plus the queue.
 
     ``0.5 [CE(I [T_m; Q_t]^T / tau, diag) + CE(T [I_m; Q_i]^T / tau, diag)]``.
+
+    :param positives: the row of each feature's own key when the keys are those of the
+        global batch (under ``torchrun``); default the diagonal.
     """
     txt_all = torch.cat([text_keys, text_queue.to(text_keys)], dim=0)
     img_all = torch.cat([image_keys, image_queue.to(image_keys)], dim=0)
-    labels = torch.arange(image.shape[0], device=image.device)
+    labels = torch.arange(image.shape[0], device=image.device) if positives is None else positives.to(image.device)
     return 0.5 * (F.cross_entropy(image @ txt_all.t() / tau, labels) + F.cross_entropy(text @ img_all.t() / tau, labels))
 
 
-def _masked_self(sim: Tensor) -> Tensor:
-    eye = torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)
+def _masked_self(sim: Tensor, own: Optional[Tensor] = None) -> Tensor:
+    if own is None:
+        eye = torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)
+    else:  # rows of this rank against the columns of the global batch
+        eye = torch.zeros_like(sim, dtype=torch.bool)
+        eye[torch.arange(sim.shape[0], device=sim.device), own.to(sim.device)] = True
     return sim.masked_fill(eye, -1000.0)
 
 
-def topology_terms(image: Tensor, text: Tensor, image_prev: Tensor, text_prev: Tensor, tau: float) -> Dict[str, Tensor]:
+def topology_terms(image: Tensor, text: Tensor, image_prev: Tensor, text_prev: Tensor, tau: float, *,
+                   columns: Optional[Dict[str, Tensor]] = None, own: Optional[Tensor] = None) -> Dict[str, Tensor]:
     """The four topology-preservation KL terms (``batchmean``) on normalised features.
 
     ``KL(softmax(S_prev / tau) || softmax(S_cur / tau))`` for ``S`` = image-text,
     text-image, image-image and text-text similarities (self-similarity masked with
     ``-1000`` before the temperature, as the code does).
 
+    :param columns: under ``torchrun``: the global batch's features as the columns,
+        ``{"image", "text", "image_prev", "text_prev"}`` (the current ones gathered with
+        their gradient); the rows stay this rank's. Default: the batch itself.
+    :param own: with ``columns``: the column of each row's own sample.
     :return: ``{"i2t", "t2i", "i2i", "t2t"}``.
     """
+    c = columns or {"image": image, "text": text, "image_prev": image_prev, "text_prev": text_prev}
+    own = own if columns is not None else None
     mats = {
-        "i2t": (image @ text.t(), image_prev @ text_prev.t()),
-        "t2i": (text @ image.t(), text_prev @ image_prev.t()),
-        "i2i": (_masked_self(image @ image.t()), _masked_self(image_prev @ image_prev.t())),
-        "t2t": (_masked_self(text @ text.t()), _masked_self(text_prev @ text_prev.t())),
+        "i2t": (image @ c["text"].t(), image_prev @ c["text_prev"].t()),
+        "t2i": (text @ c["image"].t(), text_prev @ c["image_prev"].t()),
+        "i2i": (_masked_self(image @ c["image"].t(), own), _masked_self(image_prev @ c["image_prev"].t(), own)),
+        "t2t": (_masked_self(text @ c["text"].t(), own), _masked_self(text_prev @ c["text_prev"].t(), own)),
     }
     out = {}
     for k, (cur, prev) in mats.items():
@@ -173,9 +198,10 @@ def topology_terms(image: Tensor, text: Tensor, image_prev: Tensor, text_prev: T
     return out
 
 
-def topology_loss(image: Tensor, text: Tensor, image_prev: Tensor, text_prev: Tensor, tau: float) -> Tensor:
+def topology_loss(image: Tensor, text: Tensor, image_prev: Tensor, text_prev: Tensor, tau: float, *,
+                  columns: Optional[Dict[str, Tensor]] = None, own: Optional[Tensor] = None) -> Tensor:
     """``0.5 (KL_i2t + KL_t2i) + 0.5 (KL_i2i + KL_t2t)`` (see :func:`topology_terms`)."""
-    t = topology_terms(image, text, image_prev, text_prev, tau)
+    t = topology_terms(image, text, image_prev, text_prev, tau, columns=columns, own=own)
     return 0.5 * (t["i2t"] + t["t2i"]) + 0.5 * (t["i2i"] + t["t2t"])
 
 
@@ -274,10 +300,16 @@ class CTPPlugin(SupervisedPlugin):
         compatible_momentum_update(self.momentum_model, strategy.model, self.previous, m)
         with torch.no_grad():
             img_m, txt_m = pair_features(self.momentum_model, strategy.mb_x)
+        # under torchrun the momentum keys of the *global* batch (in the 1-process order): they
+        # are the in-batch negatives of every rank and all of them enter the queue, which stays
+        # identical on every rank (MoCo's concat_all_gather); not distributed: the batch itself
+        img_m, own = _dist.gather_rows(img_m, order="sampler")
+        txt_m, _ = _dist.gather_rows(txt_m, order="sampler")
         extra = img.new_zeros(())
         parts: Dict[str, float] = {}
         if self.momentum_weight:
-            md = momentum_contrast_loss(img, txt, img_m, txt_m, self.image_queue.get(), self.text_queue.get(), tau)
+            md = momentum_contrast_loss(img, txt, img_m, txt_m, self.image_queue.get(), self.text_queue.get(), tau,
+                                        positives=own)
             extra = extra + self.momentum_weight * md
             parts["momentum_contrast"] = float(md.detach())
         self.image_queue.enqueue(img_m)
@@ -285,7 +317,15 @@ class CTPPlugin(SupervisedPlugin):
         if self.previous is not None and self.topology_weight:
             with torch.no_grad():
                 img_p, txt_p = pair_features(self.previous, strategy.mb_x)
-            topo = topology_loss(img, txt, img_p, txt_p, tau)
+            columns = None
+            if _dist.is_distributed():  # the in-batch similarity matrices of the global batch
+                columns = {
+                    "image": _dist.gather_rows_with_grad(img, order="sampler")[0],
+                    "text": _dist.gather_rows_with_grad(txt, order="sampler")[0],
+                    "image_prev": _dist.gather_rows(img_p, order="sampler")[0],
+                    "text_prev": _dist.gather_rows(txt_p, order="sampler")[0],
+                }
+            topo = topology_loss(img, txt, img_p, txt_p, tau, columns=columns, own=own)
             extra = extra + self.topology_weight * topo
             parts["topology"] = float(topo.detach())
         self.last = parts
@@ -380,6 +420,7 @@ def _register():
         family="regularization",
         reference="Zhu et al., ICCV 2023",
         check=_check,
+        distributed=True,
     )
     def _build(ctx, params: Dict):
         return CTP(**ctx.common_kwargs(ContrastiveFineTune), **params)

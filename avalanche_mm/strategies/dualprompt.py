@@ -182,7 +182,7 @@ def _check(ctx: CheckContext, params: Dict[str, Any]) -> List[str]:
 
 @register_method("dualprompt", summary="DualPrompt: G-prompt + task-keyed E-prompts as attention prefixes (frozen CLIP)",
                  params_from=DualPrompt, model_kinds=("clip",), family="prompt",
-                 reference="Wang et al., ECCV 2022", check=_check)
+                 reference="Wang et al., ECCV 2022", check=_check, distributed=True)
 def _build(ctx: BuildContext, params: dict):
     return build_prompt_strategy(DualPrompt, ctx, params, per_experience='n_tasks')
 

@@ -299,6 +299,11 @@ class IterationSchedulePlugin(SupervisedPlugin):
 
     def before_update(self, strategy, **kwargs):
         if self.grad_clip is not None:
+            from avalanche_mm import distributed as _dist
+
+            if _dist.is_distributed():  # clip the global batch's gradient, as one process does
+                _dist.average_gradients([p for g in strategy.optimizer.param_groups for p in g["params"]],
+                                        weight=float(strategy.mb_batch_size))
             params = [p for g in strategy.optimizer.param_groups for p in g["params"] if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
 

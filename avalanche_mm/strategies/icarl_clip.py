@@ -217,7 +217,11 @@ class ICaRLCLIPPlugin(SupervisedPlugin):
     def before_backward(self, strategy, **kwargs):
         if self.alpha == 0 or not self.memory or self._teacher_text is None:
             return
-        bs = int(self.mem_batch_size or strategy.train_mb_size)
+        # the memory batch is replicated under torchrun (every rank distils the same images, as
+        # ZSCL's reference batches): default size the *global* training batch, as one process
+        from avalanche_mm import distributed as _dist
+
+        bs = int(self.mem_batch_size or strategy.train_mb_size * _dist.world_size())
         loss = self.penalty(strategy, self._next_memory_batch(bs, strategy.device))
         self.last_loss = float(loss.detach())
         strategy.loss = strategy.loss + self.alpha * loss
@@ -267,7 +271,7 @@ class ICaRLCLIP(FineTune):
 
 @register_method("icarl-clip", summary="iCaRL as ZSCL runs it: herded image memory distilled from zero-shot CLIP",
                  params_from=ICaRLCLIP, model_kinds=("clip",), family="replay",
-                 reference="Rebuffi et al., CVPR 2017; as run by Zheng et al., ICCV 2023")
+                 reference="Rebuffi et al., CVPR 2017; as run by Zheng et al., ICCV 2023", distributed=True)
 def _build_icarl_clip(ctx: BuildContext, params: dict):
     return ICaRLCLIP(**ctx.common_kwargs(ICaRLCLIP), **params)
 

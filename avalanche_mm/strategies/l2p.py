@@ -122,7 +122,7 @@ def _check(ctx: CheckContext, params: Dict[str, Any]) -> List[str]:
 
 @register_method("l2p", summary="L2P: prompt pool with key-query selection on CLIP's image tower (frozen CLIP)",
                  params_from=L2P, model_kinds=("clip",), family="prompt",
-                 reference="Wang et al., CVPR 2022", check=_check)
+                 reference="Wang et al., CVPR 2022", check=_check, distributed=True)
 def _build(ctx: BuildContext, params: dict):
     return build_prompt_strategy(L2P, ctx, params)
 

@@ -109,7 +109,7 @@ class LwFVR(FineTune):
 
 @register_method("lwf-vr", summary="LwF-VR: LwF of the task-start model against a random virtual vocabulary (ZSCL baseline)",
                  params_from=LwFVR, model_kinds=("clip",), family="regularization",
-                 reference="Ding et al., 2022; as run by Zheng et al., ICCV 2023")
+                 reference="Ding et al., 2022; as run by Zheng et al., ICCV 2023", distributed=True)
 def _build_lwf_vr(ctx: BuildContext, params: dict):
     return LwFVR(**ctx.common_kwargs(LwFVR), **params)
 

@@ -25,6 +25,12 @@ after each step. The paper writes the same KL over the contrastive matrices
 used by the InfoNCE term; ``kd_logits="scaled"`` takes the softmax over
 ``s * cos`` instead, and ``reduction="batchmean"`` averages over rows.
 
+Under ``torchrun`` (docs/scaling.md) the InfoNCE term is computed over the global batch
+(:meth:`ContrastiveFineTune.criterion`) while the off-diagonal distillation stays per
+shard: each rank distils its own rows' similarity matrices (what
+``DistributedDataParallel`` on the released code computes); with ``reduction="sum"`` its
+size is that of a shard.
+
 :class:`ModXPlugin` holds the mechanism; :class:`ModX` is contrastive
 continual training (:class:`ContrastiveFineTune`) with it. The model must be a
 :class:`~avalanche_mm.models.RetrievalHead` (or contain one): the pair
@@ -270,6 +276,30 @@ class ContrastiveFineTune(FineTune):
             **base_kwargs,
         )
 
+    def criterion(self):
+        """The symmetric InfoNCE; under ``torchrun`` over the *global* batch: this rank's
+        images (texts) against every rank's texts (images), gathered with their gradient,
+        so the step is the 1-process one on the whole batch (not the per-shard loss)."""
+        from avalanche_mm import distributed as _dist
+
+        if not (self.is_training and _dist.is_distributed()):
+            return super().criterion()
+        return global_contrastive_loss(self.model)
+
+
+def global_contrastive_loss(model: nn.Module) -> Tensor:
+    """CLIP's symmetric InfoNCE of the model's last pair forward, with the other ranks'
+    features (gathered with their gradient) as the extra columns; each rank averages over
+    its own rows. One process: the usual loss on the batch."""
+    from avalanche_mm import distributed as _dist
+
+    head = find_retrieval_head(model)
+    img, txt = last_pair_features(model)
+    scale = head.scale()
+    img_all, own = _dist.gather_rows_with_grad(img, order="sampler")
+    txt_all, _ = _dist.gather_rows_with_grad(txt, order="sampler")
+    return 0.5 * (F.cross_entropy(scale * img @ txt_all.t(), own) + F.cross_entropy(scale * txt @ img_all.t(), own))
+
 
 # ---------------------------------------------------------------------------
 # the plugin and the strategy
@@ -409,6 +439,7 @@ def _register():
         family="regularization",
         reference="Ni et al., ICML 2023",
         check=_check,
+        distributed=True,
     )
     def _build_modx(ctx, params: Dict):
         return ModX(**ctx.common_kwargs(ContrastiveFineTune), **params)
@@ -421,6 +452,7 @@ def _register():
         family="baseline",
         reference="Radford et al., ICML 2021 (CLIP loss); Mod-X's CLIP_ct",
         check=lambda ctx, params: pair_benchmark_problems(ctx, "contrastive-finetune"),
+        distributed=True,
     )
     def _build_ft(ctx, params: Dict):
         return ContrastiveFineTune(**ctx.common_kwargs(ContrastiveFineTune), **params)
@@ -437,6 +469,7 @@ __all__ = [
     "modx_loss",
     "LogitScaleClampPlugin",
     "ContrastiveFineTune",
+    "global_contrastive_loss",
     "ModXPlugin",
     "ModX",
     "is_pair_bundle",

@@ -54,6 +54,13 @@ reading is a named option where they differ):
   evaluation: ``num_experts=2, routers="shared", freeze_top=0, ddas=False,
   noise_at_eval=True`` (the shipped recipes do so).
 
+Under ``torchrun`` (docs/scaling.md) the routing counts of a task are summed over the
+ranks before activate-freeze (blocks whose inputs every rank ran whole, such as the text
+tower on the class prompts, keep theirs), so every rank freezes the experts of a
+1-process run; DDAS trains on the whole experience on every rank. The router noise and
+the expert dropout are drawn per sample from each rank's generator: equal to one process
+in distribution, not draw for draw.
+
 :class:`MoEAdaptersPlugin` holds the mechanisms; :class:`MoEAdapters` is the
 fine-tuning recipe (:class:`~avalanche_mm.strategies.FineTune`) with it.
 """
@@ -355,6 +362,7 @@ class MoEAdaptersPlugin(SupervisedPlugin):
         # per-experience state
         self.current_router = 0
         self._usage_start: Dict[str, Tensor] = {}
+        self._usage_full: Dict[str, Tensor] = {}
         self._router_snapshot: Dict[str, Tuple[Tensor, Tensor]] = {}
         self._grad_hooks: List[Any] = []
         # evaluation routing
@@ -428,12 +436,13 @@ class MoEAdaptersPlugin(SupervisedPlugin):
         self.adapters.set_active_router(r)
         self.adapters.enabled = True
         self._remove_hooks()
-        self._usage_start, self._router_snapshot = {}, {}
+        self._usage_start, self._router_snapshot, self._usage_full = {}, {}, {}
         for key, moe in self.mixtures().items():
             moe.sync_frozen()
             moe.w_gate.requires_grad_(True)
             moe.w_noise.requires_grad_(True)
             self._usage_start[key] = moe.expert_usage[r].clone()
+            self._usage_full[key] = moe.expert_usage.detach().clone()
             self._router_snapshot[key] = (moe.w_gate.detach().clone(), moe.w_noise.detach().clone())
             mask = torch.zeros(moe.num_routers, 1, 1, device=moe.w_gate.device)
             mask[r] = 1.0
@@ -459,12 +468,41 @@ class MoEAdaptersPlugin(SupervisedPlugin):
     def after_training_exp(self, strategy, **kwargs):
         self._remove_hooks()
         task = int(strategy.experience.current_experience)
+        self.reduce_usage()
         self.activate_freeze()
         if self.use_ddas:
             self.fit_ddas(strategy, task)
         if task not in self.trained_tasks:
             self.trained_tasks.append(task)
         self._usage_start, self._router_snapshot = {}, {}
+
+    def reduce_usage(self) -> None:
+        """Under ``torchrun``: make the task's routing counts those of the global batches.
+
+        Each rank counted the routes of its shard; the counts added during the task are
+        summed over the ranks (one collective), except in blocks whose inputs every rank
+        processed whole (the text tower on the class prompts: the same counts on every
+        rank), which keep them. Every rank then freezes the same experts, those a
+        1-process run with the same global batches freezes.
+        """
+        from avalanche_mm import distributed as _dist
+
+        if not _dist.is_distributed() or not self._usage_full:
+            return
+        mix = self.mixtures()
+        keys = [k for k in sorted(mix) if k in self._usage_full]
+        deltas, groups, start = [], [], 0
+        for k in keys:
+            d = (mix[k].expert_usage.detach() - self._usage_full[k].to(mix[k].expert_usage.device)).reshape(-1).cpu()
+            deltas.append(d)
+            groups.append((start, start + d.numel()))
+            start += d.numel()
+        total = _dist.replicated_or_summed(torch.cat(deltas).double(), groups)
+        with torch.no_grad():
+            for k, (a, b) in zip(keys, groups):
+                moe = mix[k]
+                base = self._usage_full[k].to(moe.expert_usage.device)
+                moe.expert_usage.copy_(base + total[a:b].view_as(base).to(base.dtype).to(base.device))
 
     def activate_freeze(self) -> Dict[str, List[int]]:
         """Freeze the ``freeze_top`` experts the current router used most during the task."""
@@ -575,8 +613,6 @@ class MoEAdaptersPlugin(SupervisedPlugin):
     def before_eval_forward(self, strategy, **kwargs):
         routes = self.select(strategy)
         self.routes = routes
-        for r in routes.tolist():
-            self.route_counts[r] = self.route_counts.get(r, 0) + 1
         unique = torch.unique(routes).tolist()
         if len(unique) == 1:  # one route for the batch: applied for the template's forward
             self._route_ctx = contextlib.ExitStack()
@@ -586,6 +622,16 @@ class MoEAdaptersPlugin(SupervisedPlugin):
         if self._route_ctx is not None:
             self._route_ctx.close()
             self._route_ctx = None
+
+    def after_eval_iteration(self, strategy, **kwargs):
+        if self.routes is None:
+            return
+        # counted once the minibatch is whole: under sharded evaluation (several processes) the
+        # routes were chosen on this rank's rows and are gathered (identity otherwise)
+        gather = getattr(strategy, "gather_eval_rows", None)
+        routes = gather(self.routes) if callable(gather) else self.routes
+        for r in routes.tolist():
+            self.route_counts[r] = self.route_counts.get(r, 0) + 1
 
     def after_eval(self, strategy, **kwargs):
         self.routes = None
@@ -899,6 +945,7 @@ def _check(ctx: CheckContext, params: dict) -> List[str]:
     family="architecture",
     reference="Yu et al., CVPR 2024",
     check=_check,
+    distributed=True,
 )
 def _build(ctx: BuildContext, params: dict):
     bundle = ctx.bundle

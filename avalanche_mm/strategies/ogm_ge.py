@@ -36,6 +36,16 @@ What the released code fixes and we generalise:
   (0..50 of 100, inclusive); here ``start_epoch``/``end_epoch`` count epochs
   within each experience.
 
+Under ``torchrun`` (several processes; docs/scaling.md): ``DistributedDataParallel`` on
+the released code would modulate the already averaged gradient with each rank's own
+coefficients (from its shard's scores) and its own noise, and the replicas would drift
+apart. Here the step is the 1-process step on the global batch: the per-modality score
+sums are all-reduced before the ratios (every rank gets the global batch's
+coefficients), the plugin averages the gradients before modulating them, and the noise
+comes from a generator seeded from the run's seed, the experience and the step -
+identical on every rank and for any number of processes (a 1-process ``torchrun`` run
+draws the same noise; a plain run keeps the global generator).
+
 Logged per modality per iteration (through the strategy's evaluator, hence
 ``metrics.jsonl``): ``OGMGE_Coeff_<m>_MB/train_phase/train_stream/TaskNNN``;
 the history is also kept in :attr:`OGMGEPlugin.history`.
@@ -56,6 +66,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metric_results import MetricValue
 from torch import Tensor, nn
 
+from avalanche_mm import distributed as _dist
 from avalanche_mm.registry import Range
 from avalanche_mm.strategies.finetune import FineTune
 from avalanche_mm.strategies.registry import BuildContext, CheckContext, register_method
@@ -82,6 +93,20 @@ def ogm_scores(unimodal_logits: Mapping[str, Tensor], targets: Tensor) -> Dict[s
         p = torch.softmax(z.detach().float(), dim=-1)
         out[m] = float(p.gather(1, y.to(z.device).view(-1, 1)).sum())
     return out
+
+
+def global_scores(scores: Mapping[str, float]) -> Dict[str, float]:
+    """The per-modality scores of the global batch under ``torchrun``: each rank's sums
+    ``s_m`` all-reduced (one collective), so every rank derives the same ratios and
+    coefficients, those of a 1-process run on the whole batch. Unchanged otherwise.
+
+    :param scores: modality -> this rank's score sum (:func:`ogm_scores`).
+    """
+    if not _dist.is_distributed():
+        return dict(scores)
+    mods = sorted(scores)
+    total = _dist.all_reduce_sum(torch.tensor([float(scores[m]) for m in mods], dtype=torch.float64))
+    return {m: float(v) for m, v in zip(mods, total.tolist())}
 
 
 def ogm_ratios(scores: Mapping[str, float]) -> Dict[str, float]:
@@ -221,16 +246,25 @@ class OGMGEPlugin(SupervisedPlugin):
         return epoch >= self.start_epoch and (self.end_epoch is None or epoch <= self.end_epoch)
 
     def coefficients(self, strategy) -> Dict[str, float]:
-        """The coefficients of the current minibatch (also sets ``last_ratios``)."""
+        """The coefficients of the current minibatch (also sets ``last_ratios``).
+
+        Under ``torchrun`` the scores are sums over the *global* batch (each rank's
+        per-modality sums all-reduced), so every rank computes the coefficients a
+        1-process run computes on the whole batch.
+        """
         logits = self._unimodal_logits(strategy)
         y = strategy.mb_y
         # AV-CIL-style replay strategies append exemplars: score every row, as the code scores its batch
-        self.last_ratios = ogm_ratios(ogm_scores(logits, y))
+        self.last_ratios = ogm_ratios(global_scores(ogm_scores(logits, y)))
         return ogm_coefficients(self.last_ratios, alpha=self.alpha, formula=self.formula)
 
     @torch.no_grad()
-    def modulate(self, params: Mapping[str, Sequence[Tuple[str, nn.Parameter]]], coeffs: Mapping[str, float]) -> None:
-        """``g <- k_m g (+ N(0, std(g) + 1e-8))`` for every parameter of every modality."""
+    def modulate(self, params: Mapping[str, Sequence[Tuple[str, nn.Parameter]]], coeffs: Mapping[str, float],
+                 generator: Optional[torch.Generator] = None) -> None:
+        """``g <- k_m g (+ N(0, std(g) + 1e-8))`` for every parameter of every modality.
+
+        :param generator: the generator of the noise (default: the global one).
+        """
         for m, plist in params.items():
             k = float(coeffs.get(m, 1.0))
             for _, p in plist:
@@ -239,14 +273,32 @@ class OGMGEPlugin(SupervisedPlugin):
                     continue
                 if self.noise:
                     std = float(g.float().std()) if g.numel() > 1 else 0.0
-                    noise = torch.empty_like(g).normal_(0.0, std + 1e-8)
+                    noise = torch.empty_like(g).normal_(0.0, std + 1e-8, generator=generator)
                     p.grad = g * k + noise
                 elif k != 1.0:
                     g.mul_(k)
 
+    def before_training_exp(self, strategy, **kwargs):
+        # the noise's seed under torchrun: the same on every rank and for any number of processes
+        self._noise_seed = _dist.shared_seed("ogm-ge", int(strategy.experience.current_experience)) \
+            if _dist.in_process_group() else None
+
+    def _noise_generator(self, strategy, device) -> Optional[torch.Generator]:
+        seed = getattr(self, "_noise_seed", None)
+        if seed is None:
+            return None
+        gen = torch.Generator(device=device)
+        gen.manual_seed((seed * 1_000_003 + int(strategy.clock.train_exp_iterations)) & 0x7FFFFFFFFFFF)
+        return gen
+
     def after_backward(self, strategy, **kwargs):
         if not self._active(strategy):
             return
+        if _dist.is_distributed():
+            # modulate the gradient of the global batch (what the code does on one device): average
+            # now (the template's average before the step then leaves the identical gradients as they are)
+            _dist.average_gradients([p for g in strategy.optimizer.param_groups for p in g["params"]],
+                                    weight=float(strategy.mb_batch_size))
         coeffs = self.coefficients(strategy)
         params = modality_parameters(strategy.model, encoders=self.encoders, scope=self.scope)
         missing = sorted(set(params) - set(coeffs))
@@ -255,7 +307,8 @@ class OGMGEPlugin(SupervisedPlugin):
                 f"OGM-GE: the model's per-modality logits cover {sorted(coeffs)} but its encoders are "
                 f"{sorted(params)}; every modulated encoder needs per-modality logits."
             )
-        self.modulate(params, coeffs)
+        device = next(p for plist in params.values() for _, p in plist).device
+        self.modulate(params, coeffs, generator=self._noise_generator(strategy, device) if self.noise else None)
         self.last_coefficients = dict(coeffs)
         it = int(strategy.clock.train_iterations)
         self.history.append((it, dict(coeffs)))
@@ -365,6 +418,7 @@ def _check(ctx: CheckContext, params: dict) -> List[str]:
     family="regularization",
     reference="Peng et al., CVPR 2022",
     check=_check,
+    distributed=True,
 )
 def _build(ctx: BuildContext, params: dict):
     return OGMGE(**ctx.common_kwargs(FineTune), **params)  # FineTune's schedule arguments
@@ -374,6 +428,7 @@ __all__ = [
     "OGMGEPlugin",
     "OGMGE",
     "ogm_scores",
+    "global_scores",
     "ogm_ratios",
     "ogm_coefficients",
     "modality_parameters",

@@ -312,8 +312,12 @@ class SLiPromptsPlugin(PromptMethodPlugin):
     def after_eval_iteration(self, strategy, **kwargs):
         true = int(strategy.experience.current_experience)
         if true < int(self.bank.learned) and self.last_domains is not None:
-            self._sel_correct += int((self.last_domains == true).sum())
-            self._sel_total += int(self.last_domains.numel())
+            # the domains were selected on this rank's rows: under sharded evaluation (several
+            # processes) gather them into the global minibatch's (identity otherwise)
+            gather = getattr(strategy, "gather_eval_rows", None)
+            domains = gather(self.last_domains) if callable(gather) else self.last_domains
+            self._sel_correct += int((domains == true).sum())
+            self._sel_total += int(domains.numel())
 
     def after_eval_exp(self, strategy, **kwargs):
         if not self._sel_total:
@@ -409,7 +413,7 @@ def _check(ctx: CheckContext, params: Dict[str, Any]) -> List[str]:
 
 @register_method("s-liprompts", summary="S-liPrompts: per-domain image+text prompts, K-means domain keys (frozen CLIP)",
                  params_from=SLiPrompts, model_kinds=("clip",), family="prompt",
-                 reference="Wang et al., NeurIPS 2022", check=_check)
+                 reference="Wang et al., NeurIPS 2022", check=_check, distributed=True)
 def _build(ctx: BuildContext, params: dict):
     return build_prompt_strategy(SLiPrompts, ctx, params, per_experience='n_domains', seed=ctx.seed)
 

@@ -30,6 +30,12 @@ model at the end of that experience, eval mode) instead of at the training
 step that inserted it. The temperature-calibrated "dynamic weighted ensemble"
 inference mode of the code is not reproduced (the fused output is evaluated).
 
+Under ``torchrun`` (docs/scaling.md) the buffer and the stored outputs are identical on
+every rank, the buffered minibatch is the global count dealt round-robin
+(:class:`~avalanche_mm.strategies.av_cil.ExemplarReplayPlugin`), and the relational term
+is computed per shard (each rank's distance structure over its own rows, what
+``DistributedDataParallel`` on the released code computes).
+
 :class:`SAMMPlugin` holds the logic (its :attr:`SAMMPlugin.replay` is the
 memory); :class:`SAMM` is fine-tuning with it.
 """
@@ -44,6 +50,7 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 
+from avalanche_mm import distributed as _dist
 from avalanche_mm.data.batch import to_device
 from avalanche_mm.registry import Range
 from avalanche_mm.strategies.av_cil import ExemplarReplayPlugin, check_memory
@@ -274,7 +281,7 @@ class SAMM(FineTune):
         **kwargs,
     ):
         self.samm_plugin = SAMMPlugin(
-            mem_size=mem_size, mem_batch_size=mem_batch_size or int(kwargs.get("train_mb_size", 32)),
+            mem_size=mem_size, mem_batch_size=mem_batch_size or int(kwargs.get("train_mb_size", 32)) * _dist.world_size(),
             storage_policy=storage_policy, reg_weight=reg_weight, alignment_weight=alignment_weight, cons_weight=cons_weight,
         )
         kwargs.pop("label_smoothing", None)
@@ -296,6 +303,7 @@ def _check(ctx: CheckContext, params: dict) -> List[str]:
     family="replay",
     reference="Sarfraz et al., CoLLAs 2024",
     check=_check,
+    distributed=True,
 )
 def _build(ctx: BuildContext, params: dict):
     kw = ctx.common_kwargs(FineTune)

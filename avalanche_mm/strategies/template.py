@@ -16,9 +16,12 @@ and every strategy built on it) accept multimodal inputs:
   each optimizer step (weighted by the ranks' minibatch sizes: the gradient of
   the global batch's mean loss), random generators are reseeded identically
   before the end-of-experience callbacks, replicas are verified after each experience,
-  and evaluation loaders are not sharded (each rank evaluates the whole
-  stream, so metrics are exact). ``train_mb_size`` is per process, as in
-  Avalanche's own distributed mode.
+  and evaluation is sharded (:attr:`~MultimodalTemplateMixin.distributed_eval`):
+  each rank runs the forward pass on its slice of every *global* evaluation
+  minibatch (``eval_mb_size`` stays the global size), then the minibatch and the
+  outputs are gathered, so the metrics (``after_eval_iteration``) read the
+  global minibatch in the 1-process order on every rank. ``train_mb_size`` is
+  per process, as in Avalanche's own distributed mode.
 
 Put the mixin first in the bases so its methods take precedence::
 
@@ -29,7 +32,7 @@ Each change is small and written so that it could be sent upstream.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 from torch.utils.data import DataLoader
 
@@ -112,6 +115,19 @@ class MultimodalTemplateMixin:
         """
         from avalanche.benchmarks.utils.data_loader import SingleDatasetDataLoader
 
+        self._eval_plan = None
+        if self._sharded_eval_wanted(kwargs, shuffle):
+            self._check_sharded_model()
+            n, b, w, r = len(self.adapted_dataset), int(self.eval_mb_size), _dist.world_size(), _dist.rank()
+            # a rank without rows in a minibatch (smaller than the world) runs its forward on the
+            # minibatch's first row as a placeholder and contributes nothing to the gather
+            batches = [idx or [k * b] for k, idx in enumerate(_dist.shard_eval_batches(n, b, w, r))]
+            args = self._loader_args(
+                kwargs, num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers
+            )
+            self.dataloader = DataLoader(self.adapted_dataset, batch_sampler=batches, **args)
+            self._eval_plan = _dist.eval_shard_counts(n, b, w)
+            return
         args = self._loader_args(
             kwargs,
             batch_size=self.eval_mb_size,
@@ -120,8 +136,109 @@ class MultimodalTemplateMixin:
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
         )
-        # replicated evaluation: every rank sees the whole test set (exact metrics, no gather)
+        # 1 process, or replicated evaluation: every rank reads the whole test set
         self.dataloader = SingleDatasetDataLoader(self.adapted_dataset, distributed_sampling=False, **args)
+
+    # -- evaluation under several processes ---------------------------------------
+    @property
+    def distributed_eval(self) -> str:
+        """How several processes evaluate (``distributed.eval``; no effect in 1 process).
+
+        - ``"sharded"`` (default): each rank runs the forward pass on a disjoint,
+          contiguous slice of every global evaluation minibatch
+          (:func:`avalanche_mm.distributed.shard_eval_batches`); the inputs,
+          targets, task labels and outputs are then gathered so that every rank
+          holds the global minibatch, in the 1-process order, before
+          ``criterion()`` and the ``after_eval_iteration`` callbacks. Metrics
+          are those of a 1-process evaluation; a metric that runs the model
+          again on the minibatch uses :meth:`map_eval_rows` to shard that pass too.
+        - ``"replicated"``: every rank evaluates the whole stream (no collective).
+        """
+        return getattr(self, "_distributed_eval", "sharded")
+
+    @distributed_eval.setter
+    def distributed_eval(self, mode: str) -> None:
+        if mode not in _dist.EVAL_MODES:
+            raise ValueError(f"distributed.eval: got {mode!r}, expected one of {list(_dist.EVAL_MODES)}")
+        self._distributed_eval = mode
+
+    def _sharded_eval_wanted(self, kwargs, shuffle) -> bool:
+        return (
+            _dist.is_distributed()
+            and self.distributed_eval == "sharded"
+            and not shuffle
+            and "ffcv_args" not in kwargs
+        )
+
+    def _check_sharded_model(self) -> None:
+        """A module whose output mixes the rows of a minibatch (in-batch similarities) must say
+        how to rebuild the global output (``sharded_eval_output``); it can only do so as the
+        strategy's model itself."""
+        if callable(getattr(self.model, "sharded_eval_output", None)):
+            return
+        for name, m in self.model.named_modules():
+            if name and callable(getattr(m, "sharded_eval_output", None)):
+                raise _dist.DistributedError(
+                    f"distributed.eval: the model's submodule '{name}' ({type(m).__name__}) computes in-batch "
+                    "outputs, which sharded evaluation rebuilds only when it is the strategy's model itself; "
+                    "set distributed.eval: replicated"
+                )
+
+    def eval_epoch(self, **kwargs):
+        """Avalanche's evaluation loop; under sharded evaluation the forward pass runs on this
+        rank's slice and the minibatch and outputs are gathered before ``criterion()`` and
+        ``after_eval_iteration`` (see :attr:`distributed_eval`)."""
+        plan = getattr(self, "_eval_plan", None)
+        if plan is None:
+            return super().eval_epoch(**kwargs)
+        try:
+            for k, self.mbatch in enumerate(self.dataloader):
+                self._eval_shard = None
+                self._unpack_minibatch()
+                self._before_eval_iteration(**kwargs)
+                self._before_eval_forward(**kwargs)
+                self.mb_output = self.forward()
+                self._after_eval_forward(**kwargs)
+                self._gather_eval_minibatch(plan[k])
+                self.loss = self.criterion()
+                self._after_eval_iteration(**kwargs)
+        finally:
+            self._eval_plan = None
+            self._eval_shard = None
+
+    def _gather_eval_minibatch(self, counts: List[int]) -> None:
+        local_x, local_t = self.mb_x, self.mb_task_id
+        hook = getattr(self.model, "sharded_eval_output", None)
+        if callable(hook):  # in-batch outputs: the model rebuilds the global one
+            self.mb_output = hook(self.mb_output, lambda obj: _dist.all_gather_rows(obj, counts, where="model state"))
+            self.mbatch = _dist.all_gather_rows(list(self.mbatch), counts, where="evaluation minibatch")
+        else:
+            both = _dist.all_gather_rows([self.mb_output, list(self.mbatch)], counts, where="evaluation minibatch and output")
+            self.mb_output, self.mbatch = both[0], both[1]
+        self._eval_shard = (counts, local_x, local_t)
+
+    def map_eval_rows(self, fn: Callable[[Any, Any], Any]) -> Any:
+        """``fn(x, task_labels)`` on the current evaluation minibatch, for a row-wise ``fn``
+        (an extra forward pass, e.g. with a modality removed).
+
+        Under sharded evaluation each rank applies ``fn`` to its own slice and the results are
+        gathered (global minibatch order), so the pass is sharded too; otherwise it is
+        ``fn(self.mb_x, self.mb_task_id)``. Every rank must call it (a collective).
+        """
+        shard = getattr(self, "_eval_shard", None)
+        if shard is None:
+            return fn(self.mb_x, self.mb_task_id)
+        counts, x, t = shard
+        return _dist.all_gather_rows(fn(x, t), counts, where="row-wise evaluation pass")
+
+    def gather_eval_rows(self, obj: Any) -> Any:
+        """Rows a plugin computed on this rank's slice of the current evaluation minibatch
+        (e.g. in ``before_eval_forward``), gathered into the global minibatch's rows (the
+        identity outside sharded evaluation). Every rank must call it (a collective)."""
+        shard = getattr(self, "_eval_shard", None)
+        if shard is None:
+            return obj
+        return _dist.all_gather_rows(obj, shard[0], where="plugin rows")
 
     # -- data parallel ---------------------------------------------------------
     def optimizer_step(self):
@@ -143,7 +260,8 @@ class MultimodalTemplateMixin:
         exp = getattr(self.experience, "current_experience", "?")
         _dist.align_rng("after_training_exp", exp)
         super()._after_training_exp(**kwargs)
-        _dist.check_replicas_equal(self.model, where=f"after training experience {exp}")
+        # the model and the plugins' state (buffers, queues, counts, memories)
+        _dist.check_strategy_replicas(self, where=f"after training experience {exp}")
 
     # -- dict-aware helpers ----------------------------------------------------
     @property

@@ -29,15 +29,24 @@ Both CLIP towers are fine-tuned on each task with three additions:
    the snapshots after steps ``we_every, 2 we_every, ...`` only (10 snapshots).
 
 The teacher's work is done once: its features of the reference sentences once
-per task (the teacher is frozen). Optionally its reference-image features too:
-``precompute_teacher_images`` encodes the whole (tensor) reference set once,
-in fixed chunks, before the first task; ``cache_teacher_images`` keeps each
-image's features the first time it is drawn (an index-addressed cache). The
-frozen teacher in eval mode gives the same features to float precision, but a
-feature computed in a different batch can differ in the last bits, so the lazy
-cache makes a resumed run differ from an uninterrupted one in the last digits;
-precomputation (canonical chunks) does not. Both are off by default (the
-released code's teacher forward on every iteration).
+per task (the teacher is frozen), and its reference-image features once for
+the whole run when the reference set is a tensor of preprocessed images
+(``precompute_teacher_images``, on by default for a tensor: the released code's
+reference images go through eval preprocessing, so the frozen teacher's features
+are fixed; encoded in fixed chunks, so a resumed run recomputes the same bits).
+For a dataset reference set (whose transforms may be random) the teacher
+encodes each reference batch, as the released code does on every iteration;
+``cache_teacher_images`` keeps each image's features the first time it is drawn
+(an index-addressed cache, for deterministic datasets): float-equal, but a
+feature computed in a different batch can differ in the last bits, so a resumed
+run then differs from an uninterrupted one in the last digits.
+
+The student's work is fused (``fused_forward``): the reference images are
+encoded in the same image-tower pass as the training batch and, with
+``text_features="student"``, the reference sentences in the same text-tower
+pass as the class prompts; the L2 gradient ``2 w (theta - theta_start)`` is
+added after the backward pass with multi-tensor ops (``fast_l2``). Losses and
+gradients equal the separate passes to float precision.
 
 :class:`ZSCLPlugin` holds the three mechanisms (each can be switched off
 with a zero weight / period); :class:`ZSCL` is continual fine-tuning with it.
@@ -49,6 +58,7 @@ import zlib
 from typing import Annotated, Any, Dict, Iterator, List, Literal, Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
@@ -119,9 +129,13 @@ class ZSCLPlugin(SupervisedPlugin):
     :param cache_teacher_images: keep the teacher's features of each reference
         image after its first use (the teacher is frozen).
     :param precompute_teacher_images: encode the whole reference set (a tensor)
-        with the teacher once, before the first task.
+        with the teacher once, before the first task. None (default): on for a
+        tensor reference set (images already preprocessed, so the frozen teacher's
+        features are fixed), off for a dataset (its transforms may be random).
     :param fused_forward: encode the reference images with the training images in
-        one student forward (the same features and gradients; one pass instead of two).
+        one student forward, and (``text_features="student"``) the reference sentences
+        with the class prompts in one text forward (the same features and gradients to
+        float precision; one pass per tower instead of two).
     :param fast_l2: compute the L2 term without autograd and add its gradient
         ``2 w (theta - theta_start)`` after the backward pass (same value and gradient).
     :param ref_batch_size: reference images per iteration.
@@ -145,7 +159,7 @@ class ZSCLPlugin(SupervisedPlugin):
         we_every: int = 100,
         we_mode: str = "code",
         cache_teacher_images: bool = False,
-        precompute_teacher_images: bool = False,
+        precompute_teacher_images: Optional[bool] = None,
         fused_forward: bool = True,
         fast_l2: bool = True,
         ref_batch_size: int = 64,
@@ -186,12 +200,15 @@ class ZSCLPlugin(SupervisedPlugin):
         self.l2_weight = float(l2_weight)
         self.we_every = int(we_every)
         self.we_mode = we_mode
+        if precompute_teacher_images is None:
+            precompute_teacher_images = isinstance(reference_images, Tensor)
         self.cache_teacher_images = bool(cache_teacher_images) or bool(precompute_teacher_images)
         self.precompute_teacher_images = bool(precompute_teacher_images)
         self.fused_forward = bool(fused_forward)
         self.fast_l2 = bool(fast_l2)
         self._pending = None
         self._s_ref: Optional[Tensor] = None
+        self._s_txt: Optional[Tensor] = None
         self._fused_backbone = None
         self._l2_diffs = None
         self.ref_batch_size = int(ref_batch_size)
@@ -308,29 +325,36 @@ class ZSCLPlugin(SupervisedPlugin):
         return self._t_img[indices.to(self._t_img.device)]
 
     # -- the losses --------------------------------------------------------------
+    def _draw(self, device):
+        """``(images, indices, sel)``: the next reference batch and the sentence subset (None: all)."""
+        images, indices = self._next_images(device)
+        sel = None
+        n_txt = len(self.reference_texts)
+        if self.ref_text_batch_size is not None and self.ref_text_batch_size < n_txt:
+            sel = torch.randperm(n_txt, generator=self._generator)[: self.ref_text_batch_size].to(device)
+        return images, indices, sel
+
     def distillation(self, strategy) -> Dict[str, Tensor]:
         """``{"image": L_img, "text": L_txt}`` on one reference batch."""
         device = strategy.device
         student = find_backbone(strategy.model)
         teacher = self.teacher
         if self._pending is not None:
-            images, indices = self._pending
+            images, indices, sel = self._pending
         else:
-            images, indices = self._next_images(device)
-        s_img_fused, self._pending, self._s_ref = self._s_ref, None, None
+            images, indices, sel = self._draw(device)
+        s_img_fused, s_txt_fused = self._s_ref, self._s_txt
+        self._pending = self._s_ref = self._s_txt = None
         tokens = self._texts(device)
         with torch.no_grad():
             if self._teacher_text is None:
                 self._teacher_text = teacher.encode_text(tokens)
             t_img = self.teacher_image_features(images, indices)
             t_scale = logit_scale_of(teacher)
-        sel = None
-        if self.ref_text_batch_size is not None and self.ref_text_batch_size < len(tokens):
-            sel = torch.randperm(len(tokens), generator=self._generator)[: self.ref_text_batch_size].to(device)
         t_txt = self._teacher_text if sel is None else self._teacher_text[sel]
         s_img = s_img_fused if s_img_fused is not None else student.encode_image(images)
         if self.text_features == "student":
-            s_txt = student.encode_text(tokens if sel is None else tokens[sel])
+            s_txt = s_txt_fused if s_txt_fused is not None else student.encode_text(tokens if sel is None else tokens[sel])
         else:
             s_txt = t_txt
         s_scale = logit_scale_of(student)
@@ -352,32 +376,59 @@ class ZSCLPlugin(SupervisedPlugin):
             return torch.zeros((), device=next(model.parameters()).device)
         return torch.stack(terms).sum()
 
-    # -- one student forward for the training and the reference images ---------------
+    # -- one student forward per tower for the training and the reference batches ---------
     def before_forward(self, strategy, **kwargs):
+        """Wrap the student's ``encode_image`` (and, for ``text_features="student"``,
+        ``encode_text``) for their next call: the reference batch is concatenated to the
+        model's batch, encoded in one pass, and split. CLIP towers have no batch-dependent
+        layer (no batch norm; attention is within a sample, text pooling per row), so every
+        row equals a separate pass to float precision, gradients included."""
         if not self.fused_forward or not (self.image_weight > 0 or self.text_weight > 0):
             return
-        self._pending = self._next_images(strategy.device)
-        self._s_ref = None
+        self._pending = self._draw(strategy.device)
+        self._s_ref = self._s_txt = None
         backbone = find_backbone(strategy.model)
-        original = backbone.encode_image
-        ref = self._pending[0]
+        images_ref, _, sel = self._pending
         plugin = self
+        wrapped = {}
 
-        def fused(images, normalize: bool = True):
+        def fused_image(images, normalize: bool = True):
+            original = wrapped.pop("encode_image")
             backbone.__dict__.pop("encode_image", None)  # one call only
-            if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1:] != ref.shape[1:]:
+            if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1:] != images_ref.shape[1:]:
                 return original(images, normalize)
-            out = original(torch.cat([images, ref.to(images.device, images.dtype)]), normalize)
-            plugin._s_ref = out[images.shape[0]:]
-            return out[: images.shape[0]]
+            n = images.shape[0]
+            out = original(torch.cat([images, images_ref.to(images.device, images.dtype)]), False)
+            # normalisation is per row: normalising the parts equals normalising the whole
+            plugin._s_ref = F.normalize(out[n:], dim=-1)
+            return F.normalize(out[:n], dim=-1) if normalize else out[:n]
 
-        backbone.__dict__["encode_image"] = fused
-        self._fused_backbone = backbone
+        def fused_text(token_ids, normalize: bool = True):
+            original = wrapped.pop("encode_text")
+            backbone.__dict__.pop("encode_text", None)
+            if not isinstance(token_ids, Tensor) or token_ids.dim() != 2 or token_ids.is_floating_point():
+                return original(token_ids, normalize)
+            ref = plugin._texts(token_ids.device)
+            ref = ref if sel is None else ref[sel]
+            n = token_ids.shape[0]
+            both = torch.cat([backbone.fit_context(token_ids.long()), backbone.fit_context(ref)])
+            out = original(both, False)
+            plugin._s_txt = F.normalize(out[n:], dim=-1)
+            return F.normalize(out[:n], dim=-1) if normalize else out[:n]
+
+        wrapped["encode_image"] = backbone.encode_image
+        backbone.__dict__["encode_image"] = fused_image
+        if self.text_features == "student" and callable(getattr(backbone, "fit_context", None)):
+            wrapped["encode_text"] = backbone.encode_text
+            backbone.__dict__["encode_text"] = fused_text
+        self._fused_backbone = (backbone, wrapped)
 
     def after_forward(self, strategy, **kwargs):
-        backbone = getattr(self, "_fused_backbone", None)
-        if backbone is not None:  # the head did not encode images (e.g. cached features)
-            backbone.__dict__.pop("encode_image", None)
+        fused = getattr(self, "_fused_backbone", None)
+        if fused is not None:  # the head did not call a wrapped encoder (e.g. cached features)
+            backbone, wrapped = fused
+            for name in list(wrapped):
+                backbone.__dict__.pop(name, None)
             self._fused_backbone = None
 
     # -- the penalty terms ---------------------------------------------------------------
@@ -432,6 +483,7 @@ class ZSCLPlugin(SupervisedPlugin):
     def _merge(self, model: nn.Module) -> None:
         """``theta_bar <- (n theta_bar + theta) / (n + 1)`` (``merge_we`` of the released code)."""
         n = self.we_count  # snapshots already in the average
+        avgs, params = [], []
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if not p.requires_grad:
@@ -440,7 +492,11 @@ class ZSCLPlugin(SupervisedPlugin):
                 if avg is None or n == 0:
                     self.we_weights[name] = p.detach().clone()
                 else:
-                    avg.mul_(n / (n + 1.0)).add_(p.detach(), alpha=1.0 / (n + 1.0))
+                    avgs.append(avg)
+                    params.append(p.detach())
+            if avgs:  # avg * n/(n+1) + p/(n+1), one multi-tensor op each
+                torch._foreach_mul_(avgs, n / (n + 1.0))
+                torch._foreach_add_(avgs, params, alpha=1.0 / (n + 1.0))
         self.we_count += 1
 
     def after_training_iteration(self, strategy, **kwargs):
@@ -507,8 +563,9 @@ class ZSCL(FineTune):
     :param we_mode: ``"code"`` (released code: the task start and iteration 0 are
         snapshots) or ``"periodic"`` (snapshots every ``we_every`` iterations only).
     :param cache_teacher_images: cache the frozen teacher's reference-image features by index.
-    :param precompute_teacher_images: encode the whole reference set with the teacher before the first task.
-    :param fused_forward: one student image forward for the training and reference images.
+    :param precompute_teacher_images: encode the whole reference set with the teacher before the
+        first task (None: when the reference set is a tensor of preprocessed images).
+    :param fused_forward: one student forward per tower for the training and reference batches.
     :param fast_l2: the L2 gradient added directly instead of through autograd.
     :param ref_batch_size: reference images per iteration (the training batch size in the paper).
     :param ref_text_batch_size: reference sentences per iteration (None: all).
@@ -530,7 +587,7 @@ class ZSCL(FineTune):
         we_every: Annotated[int, Range(ge=0)] = 100,
         we_mode: Literal["code", "periodic"] = "code",
         cache_teacher_images: bool = False,
-        precompute_teacher_images: bool = False,
+        precompute_teacher_images: Optional[bool] = None,
         fused_forward: bool = True,
         fast_l2: bool = True,
         ref_batch_size: Annotated[int, Range(ge=1)] = 64,

@@ -43,3 +43,18 @@ def test_p9d_missing_files_name_the_file_and_remedy(tmp_path):
     _fixture(tmp_path, drop="b2")
     with pytest.raises(DatasetNotFoundError, match="b2.jpg"):
         get_benchmark("p9d", root=str(tmp_path), tasks=["家居用品", "母婴"])
+
+
+def test_p9d_format_errors_and_ctp_title_cleaning(tmp_path):
+    from avalanche_mm.benchmarks.datasets import DatasetFormatError
+    from avalanche_mm.benchmarks.datasets.p9d import pre_caption
+
+    assert pre_caption("Red  CHAIR (new)!  x", max_words=3) == "red chair new"
+    _fixture(tmp_path)
+    (tmp_path / "json" / "train.json").write_text(json.dumps({"家居用品": [1, 2]}, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(DatasetFormatError, match="maps each industry"):
+        get_benchmark("p9d", root=str(tmp_path), tasks=["家居用品"])
+    (tmp_path / "json" / "train.json").write_text(json.dumps({"家居用品": {"a1": {"name": "x"}}}, ensure_ascii=False),
+                                                  encoding="utf-8")
+    with pytest.raises(DatasetFormatError, match="no 'title'"):
+        get_benchmark("p9d", root=str(tmp_path), tasks=["家居用品"])

@@ -59,3 +59,25 @@ def test_retrieval_row_and_bad_input():
         pair_recalls(torch.eye(3), torch.eye(3)[:2], ks=(1,))
     with pytest.raises(ValueError, match="columns"):
         retrieval_stream_summary(np.ones((2, 1)))
+
+
+def test_shared_test_summary_hand_computed():
+    from avalanche_mm.metrics.functional.retrieval_stream import shared_test_summary
+
+    # rows: after phase 0, 1, 2; columns: two fixed test sets (e.g. Flickr30K 1K, COCO 5K)
+    R = [[0.50, 0.40],
+         [0.60, 0.30],
+         [0.55, 0.20]]
+    s = shared_test_summary(R, baseline=[0.45, 0.42])
+    assert s["avg_all"] == pytest.approx((0.55 + 0.20) / 2)
+    # forgetting: column 0 max(0.50, 0.60) - 0.55 = 0.05; column 1 max(0.40, 0.30) - 0.20 = 0.20
+    assert s["forgetting"] == pytest.approx((0.05 + 0.20) / 2)
+    # BWT: column 0 ((0.55-0.50) + (0.55-0.60)) / 2 = 0; column 1 ((0.20-0.40) + (0.20-0.30)) / 2 = -0.15
+    assert s["bwt"] == pytest.approx((0.0 - 0.15) / 2)
+    assert s["from_initial"] == pytest.approx(((0.55 - 0.45) + (0.20 - 0.42)) / 2)
+    first = shared_test_summary(R, step=0)
+    assert set(first) == {"avg_all"}  # no forgetting before a second phase, no baseline given
+    with pytest.raises(ValueError, match="missing values"):
+        shared_test_summary([[0.5, float("nan")], [0.4, 0.3]])
+    with pytest.raises(ValueError, match="baseline has shape"):
+        shared_test_summary(R, baseline=[0.1])

@@ -239,7 +239,7 @@ def test_teacher_image_cache_gives_the_same_losses_and_encodes_each_image_once(s
         torch.manual_seed(0)
         rec = Recorder()
         strat = _zscl(bundle, copy.deepcopy(model), rec, iterations=6, l2_weight=1.0, we_every=2,
-                      cache_teacher_images=cache)
+                      cache_teacher_images=cache, precompute_teacher_images=False)
         seen = []
         orig = strat.zscl_plugin.before_backward
 
@@ -264,7 +264,8 @@ def test_fused_forward_fast_l2_and_precomputed_teacher_give_the_same_losses_and_
     bundle, model = setup
     exp = bundle.scenario.train_stream[0]
     runs = {}
-    for name, kw in {"plain": dict(fused_forward=False, fast_l2=False, cache_teacher_images=False),
+    for name, kw in {"plain": dict(fused_forward=False, fast_l2=False, cache_teacher_images=False,
+                                   precompute_teacher_images=False),
                      "fast": dict(fused_forward=True, fast_l2=True, precompute_teacher_images=True)}.items():
         torch.manual_seed(0)
         rec = Recorder()
@@ -290,3 +291,76 @@ def test_fused_forward_fast_l2_and_precomputed_teacher_give_the_same_losses_and_
         for n in a:
             assert float((a[n] - b[n]).norm()) <= 1e-3 * float(a[n].norm()) + 1e-7, n
     assert la[-1][1]["l2"] > 0
+
+
+@pytest.fixture(scope="module")
+def hf_setup(setup):
+    """The same bundle with a tiny transformers CLIP (the second backbone family)."""
+    from avalanche_mm.models import build_backbone
+    from avalanche_mm.models.build import clip_classifier
+
+    bundle, _ = setup
+    return bundle, clip_classifier(build_backbone("tiny-hfclip", seed=0), bundle, {"freeze": ["logit_scale"]})
+
+
+class _TowerCalls:
+    """Counts the student backbone's image- and text-tower passes (the teacher's are not counted)."""
+
+    def __init__(self, monkeypatch, backbone):
+        self.image = self.text = 0
+        cls, counter = type(backbone), self
+        orig_img, orig_txt = cls._encode_image, cls._encode_text
+
+        def img(self_, x):
+            counter.image += self_ is backbone
+            return orig_img(self_, x)
+
+        def txt(self_, x):
+            counter.text += self_ is backbone
+            return orig_txt(self_, x)
+
+        monkeypatch.setattr(cls, "_encode_image", img)
+        monkeypatch.setattr(cls, "_encode_text", txt)
+
+
+@pytest.mark.parametrize("family", ["tiny-openclip", "tiny-hfclip"])
+@pytest.mark.parametrize("text_features,ref_text_batch_size", [("student", 5), ("teacher", None)])
+def test_fused_tower_passes_equal_separate_passes(setup, hf_setup, monkeypatch, family, text_features,
+                                                  ref_text_batch_size):
+    """One student pass per tower over [training batch; reference batch] (images, and with
+    text_features="student" [class prompts; reference sentences]) gives the losses and the
+    gradients of separate passes, on both backbone families; the fused run really makes one
+    pass per tower per step."""
+    bundle, model = setup if family == "tiny-openclip" else hf_setup
+    exp = bundle.scenario.train_stream[0]
+    out = {}
+    for fused in (False, True):
+        torch.manual_seed(0)
+        rec, m = Recorder(), copy.deepcopy(model)
+        strat = _zscl(bundle, m, rec, iterations=1, l2_weight=1.0, text_features=text_features,
+                      ref_text_batch_size=ref_text_batch_size, fused_forward=fused)
+        seen = []
+        orig = strat.zscl_plugin.before_backward
+
+        def spy(strategy, _orig=orig, _seen=seen, **k):
+            _orig(strategy, **k)
+            _seen.append((float(strategy.loss.detach()), dict(strategy.zscl_plugin.last_losses)))
+
+        strat.zscl_plugin.before_backward = spy
+        with monkeypatch.context() as mp:
+            calls = _TowerCalls(mp, find_backbone(m))
+            strat.train(exp)
+        out[fused] = seen[0], rec.grads[0], (calls.image, calls.text)
+    (loss_a, parts_a), grads_a, _ = out[False]
+    (loss_b, parts_b), grads_b, calls_b = out[True]
+    assert abs(loss_a - loss_b) <= 1e-5 * max(1.0, abs(loss_a))
+    assert parts_a.keys() == parts_b.keys() == {"image", "text", "l2"}
+    for k in parts_a:
+        assert abs(parts_a[k] - parts_b[k]) <= 1e-5 * max(1.0, abs(parts_a[k])), k
+    assert grads_a.keys() == grads_b.keys()
+    for n in grads_a:
+        err = float((grads_a[n] - grads_b[n]).abs().max())
+        assert err <= 1e-5 * float(grads_a[n].abs().max()) + 1e-8, (n, err)
+    # the training step: one image pass, one text pass (class prompts, fused with the sentences)
+    assert calls_b == (1, 1)
+    assert out[False][2] == (2, 2 if text_features == "student" else 1)

@@ -5,6 +5,19 @@ is recall@k on phase ``i``'s pairs, image-to-text and text-to-image. This is the
 matrix of retrieval, so the stream summaries of :mod:`avalanche_mm.metrics.functional.stream`
 (average over seen phases, forgetting, backward transfer) apply to each of its slices.
 
+Two test protocols (the columns of the matrix):
+
+- *per-phase test pairs* (the procedural world, P9D): column ``i`` holds the test pairs of phase
+  ``i``; :func:`retrieval_stream_summary` applies (average over seen phases, forgetting and BWT
+  against the diagonal, as for the accuracy matrix);
+- *shared test sets* (Mod-X on Flickr30K: the Flickr30K 1K test split and the COCO 5K test split,
+  evaluated after every phase): column ``j`` is one fixed test set, rows are phases; there is no
+  diagonal, so :func:`shared_test_summary` compares each column with its own earlier rows:
+  forgetting ``F_j(t) = max_{l<t} R(l, j) - R(t, j)``, backward transfer
+  ``B_j(t) = 1/t sum_{l<t} (R(t, j) - R(l, j))`` (the final model against the model after each
+  earlier phase) and, when the model was evaluated before the first phase, the change from it
+  ``D_j(t) = R(t, j) - R(init, j)``; each averaged over the test sets.
+
 All functions are pure: embeddings in, numbers out.
 """
 
@@ -138,7 +151,43 @@ def retrieval_stream_summary(matrix, *, step: int = -1) -> Dict[str, float]:
     return out
 
 
+def shared_test_summary(matrix, *, step: int = -1, baseline=None) -> Dict[str, float]:
+    """Summaries of a recall matrix over *shared* test sets (rows: after phase ``t``; columns:
+    fixed test sets evaluated after every phase), averaged over the columns:
+
+    - ``avg_all``: mean of row ``t`` (every test set);
+    - ``forgetting``: ``mean_j (max_{l<t} R(l, j) - R(t, j))`` (t >= 1);
+    - ``bwt``: ``mean_j 1/t sum_{l<t} (R(t, j) - R(l, j))`` (t >= 1);
+    - ``from_initial``: ``mean_j (R(t, j) - baseline_j)`` when ``baseline`` (the row of the model
+      before the first phase) is given.
+
+    :param matrix: ``[T, N]`` recall matrix (any ``N >= 1``).
+    :param step: the row ``t``.
+    :param baseline: optional ``[N]`` recalls of the initial model.
+    """
+    arr = np.asarray(matrix, dtype=float)
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"shared_test_summary: expected a non-empty [phases, test sets] matrix, got shape {arr.shape}.")
+    t = step if step >= 0 else arr.shape[0] + step
+    if not 0 <= t < arr.shape[0]:
+        raise ValueError(f"step={step} is out of range for a recall matrix with {arr.shape[0]} rows.")
+    if not np.isfinite(arr[: t + 1]).all():
+        raise ValueError(f"shared_test_summary: rows 0..{t} hold missing values; evaluate every test set after each phase.")
+    out = {"avg_all": float(np.mean(arr[t]))}
+    if t >= 1:
+        out["forgetting"] = float(np.mean(arr[:t].max(axis=0) - arr[t]))
+        out["bwt"] = float(np.mean(arr[t] - arr[:t].mean(axis=0)))
+    if baseline is not None:
+        b = np.asarray(baseline, dtype=float)
+        if b.shape != (arr.shape[1],):
+            raise ValueError(f"shared_test_summary: baseline has shape {b.shape}, expected ({arr.shape[1]},).")
+        if np.isfinite(b).all():
+            out["from_initial"] = float(np.mean(arr[t] - b))
+    return out
+
+
 __all__ = [
+    "shared_test_summary",
     "recall_keys",
     "pair_recalls",
     "retrieval_row",

@@ -9,7 +9,7 @@ logit scale, preprocessing and transformer blocks.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,32 @@ class SampleTokenizer:
         self._tokenize = tokenize
         self.pad_token_id = int(pad_token_id)
         self.eot_token_id = int(eot_token_id)
+        self._cache: Dict[str, Tensor] = {}
+
+    def __getstate__(self):  # the cache is a speed-up, not state: workers start without it
+        state = dict(self.__dict__)
+        state["_cache"] = {}
+        return state
+
+    def _strip(self, ids: Tensor) -> Tensor:
+        eot = (ids == self.eot_token_id).nonzero()
+        end = int(eot[0]) + 1 if len(eot) else len(ids)
+        return ids[:end].clone()
+
+    def encode_many(self, texts: Sequence[str], *, batch_size: int = 1024) -> List[Tensor]:
+        """Token ids of each text (as :meth:`__call__`), tokenising each distinct text once,
+        in batches, and caching it on this tokenizer (a caption dataset repeats captions
+        across splits and builds)."""
+        texts = list(texts)
+        bad = sorted({type(t).__name__ for t in texts if not isinstance(t, str)})
+        if bad:
+            raise TypeError(f"SampleTokenizer.encode_many expects strings, got items of type {bad}.")
+        todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        for s in range(0, len(todo), batch_size):
+            chunk = todo[s : s + batch_size]
+            for text, ids in zip(chunk, self._tokenize(chunk)):
+                self._cache[text] = self._strip(ids)
+        return [self._cache[t] for t in texts]
 
     def __call__(self, text: str) -> Tensor:
         if not isinstance(text, str):
@@ -64,10 +90,10 @@ class SampleTokenizer:
                 f"SampleTokenizer expects one string, got {type(text).__name__}. Tokenize "
                 "lists of strings with backbone.tokenize(texts)."
             )
-        ids = self._tokenize([text])[0]
-        eot = (ids == self.eot_token_id).nonzero()
-        end = int(eot[0]) + 1 if len(eot) else len(ids)
-        return ids[:end].clone()
+        cached = self._cache.get(text)
+        if cached is not None:
+            return cached.clone()
+        return self._strip(self._tokenize([text])[0])
 
 
 class VisionLanguageBackbone(nn.Module):
@@ -195,12 +221,14 @@ class VisionLanguageBackbone(nn.Module):
 
     @property
     def sample_tokenizer(self) -> SampleTokenizer:
-        """``str -> LongTensor[L]`` tokenizer for dataset builders (no padding)."""
-        return SampleTokenizer(
-            tokenize=self.tokenize,
-            pad_token_id=self.pad_token_id,
-            eot_token_id=self.eot_token_id,
-        )
+        """``str -> LongTensor[L]`` tokenizer for dataset builders (no padding); one instance
+        per backbone, so its cache of tokenised texts (:meth:`SampleTokenizer.encode_many`) is
+        shared by every dataset built with it."""
+        tok = self.__dict__.get("_sample_tokenizer")
+        if tok is None:
+            tok = SampleTokenizer(tokenize=self.tokenize, pad_token_id=self.pad_token_id, eot_token_id=self.eot_token_id)
+            self.__dict__["_sample_tokenizer"] = tok
+        return tok
 
     def tokenize(self, texts: Sequence[str]) -> Tensor:
         """Tokenize texts into ``LongTensor[N, context_length]`` (padded, truncated).
