@@ -35,9 +35,12 @@ lambda_I 0.5; Kinetics-Sounds 30 / 6, memory 500, lambda_I 0.1; VGGSound100
 100 / 10, memory 1500, lambda_I 0.1; lambda_C 1, 200 epochs, Adam lr 1e-3,
 weight decay 1e-4, batch 256 + 128 exemplars.
 
-Deviations: the code keeps the epoch with the best *validation* accuracy of each
-step; the runner keeps the last. Attention maps are clamped at 1e-12 before the
-log of the KL (the code's ``.log()`` can give ``-inf``).
+Model selection: the code keeps the epoch with the best *validation* accuracy of each
+step; the runner keeps the last unless the run adds :class:`BestValidEpochPlugin`
+(``plugins: [best-valid-epoch]``, the avcil recipes do), which also makes that epoch the
+old model. The code's growing classifier: :class:`IncrementalHeadPlugin` (AV-CIL's own;
+``plugins: [incremental-head]`` for the other strategies). Deviation: attention maps
+are clamped at 1e-12 before the log of the KL (the code's ``.log()`` can give ``-inf``).
 
 Under ``torchrun`` (docs/scaling.md): the memory is identical on every rank (the storage
 policy's choices follow the aligned generators); ``mem_batch_size`` is the exemplar count
