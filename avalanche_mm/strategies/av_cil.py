@@ -306,7 +306,8 @@ class BestValidEpochPlugin(SupervisedPlugin):
     The benchmark must have a ``valid`` stream (the avcil-* benchmarks' official ``val``
     split; ``validation_size`` of the world benchmarks). Plugins that read the model at the
     end of an experience (AV-CIL's old model) call :meth:`restore` first.
-    Config: ``plugins: [best-valid-epoch]`` (every strategy of the run).
+    Config: ``plugins: [best-valid-epoch]`` (every strategy of the run; ``studies.<s>.plugins``
+    for one study).
 
     :param valid_stream: the benchmark's ``valid`` stream (experience ``k`` holds the
         validation samples of the classes of training experience ``k``).
