@@ -47,6 +47,18 @@ def _grad_diff(a, b):
     return max(float((a[n] - b[n]).abs().max()) for n in a)
 
 
+def _spy_losses(strat):
+    """Record (total loss, ZSCL's loss parts) at every ``before_backward`` of ``strat``."""
+    seen = []
+    orig = strat.zscl_plugin.before_backward
+
+    def spy(strategy, **k):
+        orig(strategy, **k)
+        seen.append((float(strategy.loss.detach()), dict(strategy.zscl_plugin.last_losses)))
+
+    strat.zscl_plugin.before_backward = spy
+    return seen
+
 def test_kd_is_zero_gradient_for_identical_logits_and_scales_with_t_squared():
     t = torch.randn(4, 5)
     s = t.clone().requires_grad_(True)
@@ -270,14 +282,7 @@ def test_fused_forward_fast_l2_and_precomputed_teacher_give_the_same_losses_and_
         torch.manual_seed(0)
         rec = Recorder()
         strat = _zscl(bundle, copy.deepcopy(model), rec, iterations=4, l2_weight=1.0, we_every=2, **kw)
-        seen = []
-        orig = strat.zscl_plugin.before_backward
-
-        def spy(strategy, _orig=orig, _seen=seen, **k):
-            _orig(strategy, **k)
-            _seen.append((float(strategy.loss.detach()), dict(strategy.zscl_plugin.last_losses)))
-
-        strat.zscl_plugin.before_backward = spy
+        seen = _spy_losses(strat)
         strat.train(exp)
         runs[name] = (seen, rec.grads)
     (la, ga), (lb, gb) = runs["plain"], runs["fast"]
@@ -339,14 +344,7 @@ def test_fused_tower_passes_equal_separate_passes(setup, hf_setup, monkeypatch, 
         rec, m = Recorder(), copy.deepcopy(model)
         strat = _zscl(bundle, m, rec, iterations=1, l2_weight=1.0, text_features=text_features,
                       ref_text_batch_size=ref_text_batch_size, fused_forward=fused)
-        seen = []
-        orig = strat.zscl_plugin.before_backward
-
-        def spy(strategy, _orig=orig, _seen=seen, **k):
-            _orig(strategy, **k)
-            _seen.append((float(strategy.loss.detach()), dict(strategy.zscl_plugin.last_losses)))
-
-        strat.zscl_plugin.before_backward = spy
+        seen = _spy_losses(strat)
         with monkeypatch.context() as mp:
             calls = _TowerCalls(mp, find_backbone(m))
             strat.train(exp)

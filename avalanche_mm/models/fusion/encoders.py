@@ -58,6 +58,19 @@ class _Encoder(nn.Module):
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"{type(self).__name__} expects {what}, got {got}.")
 
+    def _image_like(self, x: Tensor) -> Tensor:
+        """Validate images ``[B, C, H, W]`` or spectrograms ``[B, F, L]`` (given one channel)
+        against ``self.in_channels``."""
+        self._check_dims(x, (3, 4), "images [B, C, H, W] or spectrograms [B, F, L]")
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} was built for {self.in_channels} channels, got {x.shape[1]} "
+                f"(input shape {tuple(x.shape)})."
+            )
+        return x
+
 
 class MLPEncoder(_Encoder):
     """MLP over pre-extracted features.
@@ -120,14 +133,7 @@ class ConvEncoder(_Encoder):
         self.in_channels, self.out_dim = in_channels, out_dim
 
     def forward(self, x: Tensor, *, lengths: Optional[Tensor] = None) -> Tensor:
-        self._check_dims(x, (3, 4), "images [B, C, H, W] or spectrograms [B, F, L]")
-        if x.dim() == 3:
-            x = x.unsqueeze(1)
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"ConvEncoder was built for {self.in_channels} channels, got {x.shape[1]} "
-                f"(input shape {tuple(x.shape)})."
-            )
+        x = self._image_like(x)
         lens = None if lengths is None else lengths.to(x.device).clamp(min=1, max=x.shape[-1])
         h = x
         for conv in self.blocks:
@@ -245,14 +251,7 @@ class ResNet18Encoder(_Encoder):
         return n.layer4(n.layer3(n.layer2(n.layer1(x))))  # [B, 512, H', W']
 
     def forward(self, x: Tensor, *, lengths: Optional[Tensor] = None) -> Tensor:
-        self._check_dims(x, (3, 4), "images [B, C, H, W] or spectrograms [B, F, L]")
-        if x.dim() == 3:
-            x = x.unsqueeze(1)
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"ResNet18Encoder was built for {self.in_channels} channels, got {x.shape[1]} "
-                f"(input shape {tuple(x.shape)})."
-            )
+        x = self._image_like(x)
         if lengths is None:
             return self.proj(self._maps(x).mean(dim=(2, 3)))
         lens = lengths.to(x.device).clamp(min=1, max=x.shape[-1])
