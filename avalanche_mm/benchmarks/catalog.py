@@ -350,11 +350,16 @@ def demo_av(
     modalities: Sequence[str] = ("image", "audio"),
     seed: Annotated[int, Range(ge=0)] = 0,
     validation_size: Annotated[float, Range(ge=0.0, lt=1.0)] = 0.0,
+    features: Optional[Dict[str, Any]] = None,
 ) -> BenchmarkBundle:
     """Audio-visual-style class-incremental stream of the procedural world.
 
     Imbalance is set through ``world`` (e.g. ``noise: {image: 0.8}`` makes the
     image modality weak, ``modality_attributes`` hides attributes from one).
+    With ``features`` the samples are frozen pre-extracted features (AV-CIL's regime):
+    image -> visual tokens ``[1, S, Dv]``, audio -> ``[Da]``, from encoders pretrained on
+    the world's reference objects (disjoint from the stream's classes) and then frozen
+    (:mod:`avalanche_mm.benchmarks.world_features`).
 
     :param world: keyword arguments of :class:`~avalanche_mm.benchmarks.world.ProceduralWorld`.
     :param num_classes: number of object classes.
@@ -365,9 +370,21 @@ def demo_av(
     :param seed: seed of classes and order.
     :param validation_size: fraction of each class's training samples moved to a ``valid``
         stream (0: none).
+    :param features: pre-extract frozen features (None: raw samples); a mapping (``{}`` for the
+        defaults) of ``per_combination`` (reference samples per object, 10), ``epochs`` (10),
+        ``batch_size`` (64), ``lr`` (3e-3), ``token_dim`` (Dv, 32), ``audio_dim`` (Da, 32),
+        ``conv_channels`` ([16]) and ``seed`` (0) of the pretraining.
     """
     wp = dict(world or {})
     w = _make_world(wp)
+    encode = None
+    if features is not None:
+        from .world_features import world_feature_extractor
+
+        bad = [m for m in modalities if m not in ("image", "audio")]
+        if bad:
+            raise ValueError(f"demo-av: features need modalities among ['image', 'audio'], got {list(modalities)}.")
+        encode = world_feature_extractor(wp, tuple(modalities), features)
     scenario = w.class_incremental_benchmark(
         num_classes=num_classes,
         num_experiences=num_experiences,
@@ -376,6 +393,7 @@ def demo_av(
         modalities=tuple(modalities),
         seed=seed,
         validation_size=validation_size,
+        encode=encode,
     )
     return BenchmarkBundle(
         name="demo-av",
@@ -384,7 +402,8 @@ def demo_av(
         reference=None,
         modalities=tuple(modalities),
         description=f"class-incremental {'+'.join(modalities)} stream of the procedural world "
-        f"({num_classes} objects in {num_experiences} experiences); world settings {wp}",
+        f"({num_classes} objects in {num_experiences} experiences); world settings {wp}"
+        + ("" if encode is None else "; frozen features pretrained on the world's reference objects"),
     )
 
 

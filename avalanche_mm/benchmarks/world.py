@@ -689,13 +689,20 @@ class ProceduralWorld:
         modalities: Sequence[str] = ("image", "text", "audio"),
         tokenizer: Optional[Callable[[str], torch.Tensor]] = None,
         tag: str = "split",
+        encode: Optional[Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]] = None,
     ):
-        """A dataset with ``per_class`` samples of each class (target = position)."""
+        """A dataset with ``per_class`` samples of each class (target = position).
+
+        ``encode`` (optional) maps the generated modality tensors (name -> ``Tensor[N, ...]``)
+        to the tensors the dataset holds instead (e.g. a frozen encoder's pre-extracted features).
+        """
         if not isinstance(per_class, (int, np.integer)) or per_class < 1:
             raise ValueError(f"per_class must be a positive int, got {per_class!r}.")
         combos = [c for c in classes for _ in range(per_class)]
         targets = [k for k in range(len(classes)) for _ in range(per_class)]
         samples = self.generate(combos, domains=domain, modalities=modalities, tag=tag)
+        if encode is not None:
+            samples.modalities = dict(encode(dict(samples.modalities)))
         return samples.to_dataset(
             targets, modalities=modalities, tokenizer=tokenizer or self.tokenizer()
         )
@@ -727,6 +734,7 @@ class ProceduralWorld:
         missing_rates: Optional[Mapping] = None,
         test_missing_rates: Optional[Mapping] = None,
         corruptions: Optional[Mapping] = None,
+        encode: Optional[Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]] = None,
     ) -> MultimodalScenario:
         """Class-incremental (or task-incremental) over held-out combinations.
 
@@ -734,15 +742,17 @@ class ProceduralWorld:
         gives each class's attributes. ``missing_rates``/``corruptions`` apply
         to the training streams, ``test_missing_rates`` to the test stream
         (see :func:`~avalanche_mm.benchmarks.apply_modality_conditions`).
+        ``encode`` replaces the generated modality tensors of every split
+        (see :meth:`classification_split`).
         """
         classes = self.task_classes(num_classes, seed=seed)
         train = self.classification_split(
             classes, per_class=train_per_class, domain=domain, modalities=modalities,
-            tokenizer=tokenizer, tag=f"ci/{seed}/train",
+            tokenizer=tokenizer, tag=f"ci/{seed}/train", encode=encode,
         )
         test = self.classification_split(
             classes, per_class=test_per_class, domain=domain, modalities=modalities,
-            tokenizer=tokenizer, tag=f"ci/{seed}/test",
+            tokenizer=tokenizer, tag=f"ci/{seed}/test", encode=encode,
         )
         bench = class_incremental_scenario(
             train,

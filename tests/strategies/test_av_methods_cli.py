@@ -161,3 +161,18 @@ def test_study_plugins_are_added_to_that_study_only():
     raw["studies"]["late"]["plugins"] = ["incremental-hed"]
     with pytest.raises(ConfigError, match=r"studies.late.plugins\[0\]: got 'incremental-hed'"):
         validate_config(raw)
+
+
+def test_avcil_runs_on_demo_av_frozen_features(tmp_path):
+    """`check` and `run` with demo-av's pre-extracted features and model av-cil (inputs: features)."""
+    cfg = json.loads(json.dumps(CFG))
+    del cfg["studies"]["late"]
+    att = cfg["studies"]["att"]
+    att["benchmark"]["params"]["features"] = {"per_combination": 2, "epochs": 1, "token_dim": 6, "audio_dim": 5, "conv_channels": [4]}
+    att["model"]["params"] = {"inputs": "features"}
+    att["strategies"] = {"avcil": {"method": "av-cil", "mem_size": 4}, "er": {"mem_size": 4}}
+    path = _write(str(tmp_path), cfg)
+    assert main(["check", path]) == 0
+    out = str(tmp_path / "out")
+    assert main(["run", path, "--output", out, "--no-report"]) == 0
+    assert len(_state(out, "att", "avcil")["finished"]) == 2 and len(_state(out, "att", "er")["finished"]) == 2
