@@ -357,9 +357,9 @@ def demo_av(
     Imbalance is set through ``world`` (e.g. ``noise: {image: 0.8}`` makes the
     image modality weak, ``modality_attributes`` hides attributes from one).
     With ``features`` the samples are frozen pre-extracted features (AV-CIL's regime):
-    image -> visual tokens ``[1, S, Dv]``, audio -> ``[Da]``, from encoders pretrained on
-    the world's reference objects (disjoint from the stream's classes) and then frozen
-    (:mod:`avalanche_mm.benchmarks.world_features`).
+    image -> visual tokens ``[T, S, Dv]`` (T = ``frames`` renderings), audio -> ``[Da]``,
+    from encoders pretrained on the world's reference objects (disjoint from the stream's
+    classes) and then frozen (:mod:`avalanche_mm.benchmarks.world_features`).
 
     :param world: keyword arguments of :class:`~avalanche_mm.benchmarks.world.ProceduralWorld`.
     :param num_classes: number of object classes.
@@ -373,11 +373,12 @@ def demo_av(
     :param features: pre-extract frozen features (None: raw samples); a mapping (``{}`` for the
         defaults) of ``per_combination`` (reference samples per object, 10), ``epochs`` (10),
         ``batch_size`` (64), ``lr`` (3e-3), ``token_dim`` (Dv, 32), ``audio_dim`` (Da, 32),
-        ``conv_channels`` ([16]) and ``seed`` (0) of the pretraining.
+        ``conv_channels`` ([16]), ``frames`` (T, visual frames per sample: independent renderings
+        of its object, 1) and ``seed`` (0) of the pretraining.
     """
     wp = dict(world or {})
     w = _make_world(wp)
-    encode = None
+    encode, frames = None, 1
     if features is not None:
         from .world_features import world_feature_extractor
 
@@ -385,6 +386,7 @@ def demo_av(
         if bad:
             raise ValueError(f"demo-av: features need modalities among ['image', 'audio'], got {list(modalities)}.")
         encode = world_feature_extractor(wp, tuple(modalities), features)
+        frames = encode.settings["frames"] if "image" in modalities else 1
     scenario = w.class_incremental_benchmark(
         num_classes=num_classes,
         num_experiences=num_experiences,
@@ -394,6 +396,7 @@ def demo_av(
         seed=seed,
         validation_size=validation_size,
         encode=encode,
+        image_frames=frames,
     )
     return BenchmarkBundle(
         name="demo-av",

@@ -690,17 +690,28 @@ class ProceduralWorld:
         tokenizer: Optional[Callable[[str], torch.Tensor]] = None,
         tag: str = "split",
         encode: Optional[Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]] = None,
+        image_frames: int = 1,
     ):
         """A dataset with ``per_class`` samples of each class (target = position).
 
+        ``image_frames`` > 1 makes each image a clip ``[C, F, H, W]`` of F independent
+        renderings of the sample's object (own placement and noise per frame, as video frames).
         ``encode`` (optional) maps the generated modality tensors (name -> ``Tensor[N, ...]``)
         to the tensors the dataset holds instead (e.g. a frozen encoder's pre-extracted features).
         """
         if not isinstance(per_class, (int, np.integer)) or per_class < 1:
             raise ValueError(f"per_class must be a positive int, got {per_class!r}.")
+        if isinstance(image_frames, bool) or not isinstance(image_frames, (int, np.integer)) or image_frames < 1:
+            raise ValueError(f"image_frames must be a positive int, got {image_frames!r}.")
         combos = [c for c in classes for _ in range(per_class)]
         targets = [k for k in range(len(classes)) for _ in range(per_class)]
         samples = self.generate(combos, domains=domain, modalities=modalities, tag=tag)
+        if image_frames > 1 and "image" in samples.modalities:
+            clips = [samples.modalities["image"]] + [
+                self.generate(combos, domains=domain, modalities=("image",), tag=f"{tag}/frame{k}").modalities["image"]
+                for k in range(1, int(image_frames))
+            ]
+            samples.modalities["image"] = torch.stack(clips, dim=2)  # [N, C, F, H, W]
         if encode is not None:
             samples.modalities = dict(encode(dict(samples.modalities)))
         return samples.to_dataset(
@@ -735,6 +746,7 @@ class ProceduralWorld:
         test_missing_rates: Optional[Mapping] = None,
         corruptions: Optional[Mapping] = None,
         encode: Optional[Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]] = None,
+        image_frames: int = 1,
     ) -> MultimodalScenario:
         """Class-incremental (or task-incremental) over held-out combinations.
 
@@ -742,17 +754,17 @@ class ProceduralWorld:
         gives each class's attributes. ``missing_rates``/``corruptions`` apply
         to the training streams, ``test_missing_rates`` to the test stream
         (see :func:`~avalanche_mm.benchmarks.apply_modality_conditions`).
-        ``encode`` replaces the generated modality tensors of every split
-        (see :meth:`classification_split`).
+        ``encode`` replaces the generated modality tensors of every split and
+        ``image_frames`` > 1 makes images clips (see :meth:`classification_split`).
         """
         classes = self.task_classes(num_classes, seed=seed)
         train = self.classification_split(
             classes, per_class=train_per_class, domain=domain, modalities=modalities,
-            tokenizer=tokenizer, tag=f"ci/{seed}/train", encode=encode,
+            tokenizer=tokenizer, tag=f"ci/{seed}/train", encode=encode, image_frames=image_frames,
         )
         test = self.classification_split(
             classes, per_class=test_per_class, domain=domain, modalities=modalities,
-            tokenizer=tokenizer, tag=f"ci/{seed}/test", encode=encode,
+            tokenizer=tokenizer, tag=f"ci/{seed}/test", encode=encode, image_frames=image_frames,
         )
         bench = class_incremental_scenario(
             train,

@@ -14,8 +14,9 @@ other data. :class:`WorldFeatureExtractor` gives the procedural world the same r
 3. it freezes the encoders and maps a split's raw tensors to features:
 
    - visual (``image``): a :class:`~avalanche_mm.models.fusion.avcil.ConvTokens` CNN,
-     tokens ``[T=1, S, Dv]`` (one frame of ``S = H'W'`` spatial tokens, as VideoMAE's
-     ``[T, S, Dv]`` with a single frame);
+     tokens ``[T, S, Dv]`` (VideoMAE's layout): ``S = H'W'`` spatial tokens per frame, ``T = 1``
+     frame, or ``T = frames`` independent renderings of the object (clips ``[C, T, H, W]``,
+     :meth:`ProceduralWorld.classification_split` ``image_frames``), each frame encoded alone;
    - audio: a :class:`~avalanche_mm.models.fusion.encoders.SequenceEncoder` over the
      spectrogram's frames, a vector ``[Da]`` (AudioMAE's clip embedding).
 
@@ -42,6 +43,7 @@ FEATURE_DEFAULTS: Dict[str, Any] = {
     "token_dim": 32,
     "audio_dim": 32,
     "conv_channels": [16],
+    "frames": 1,
     "seed": 0,
 }
 
@@ -58,7 +60,7 @@ def feature_settings(params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     if unknown:
         raise ValueError(f"features: unknown keys {unknown}; expected some of {sorted(FEATURE_DEFAULTS)}.")
     out = {**FEATURE_DEFAULTS, **dict(params)}
-    for k in ("per_combination", "epochs", "batch_size", "token_dim", "audio_dim"):
+    for k in ("per_combination", "epochs", "batch_size", "token_dim", "audio_dim", "frames"):
         v = out[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"features.{k}: expected a positive int, got {v!r}.")
@@ -96,7 +98,8 @@ class WorldFeatureExtractor:
     :param modalities: the modalities to encode (``image`` and/or ``audio``).
     :param settings: :func:`feature_settings` keys (``per_combination`` reference samples per
         object, ``epochs``, ``batch_size``, ``lr`` (Adam), ``token_dim`` (Dv), ``audio_dim`` (Da),
-        ``conv_channels`` of the visual CNN, ``seed`` of the pretraining).
+        ``conv_channels`` of the visual CNN, ``frames`` (T: renderings per sample, used by
+        ``demo-av``; the pretraining sees single images), ``seed`` of the pretraining).
     """
 
     def __init__(self, world, *, modalities: Sequence[str] = ("image", "audio"), settings: Optional[Mapping[str, Any]] = None):
@@ -154,8 +157,9 @@ class WorldFeatureExtractor:
 
     @torch.no_grad()
     def encode(self, tensors: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-        """Raw modality tensors ``[N, ...]`` -> frozen features (visual ``[N, 1, S, Dv]``,
-        audio ``[N, Da]``); modalities without an encoder pass through unchanged."""
+        """Raw modality tensors ``[N, ...]`` -> frozen features (visual ``[N, T, S, Dv]`` from
+        images ``[N, C, H, W]`` (T = 1) or clips ``[N, C, T, H, W]``, audio ``[N, Da]``);
+        modalities without an encoder pass through unchanged."""
         out = dict(tensors)
         for m, enc in self.encoders.items():
             if m not in out:

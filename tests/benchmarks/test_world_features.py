@@ -64,3 +64,28 @@ def test_bad_feature_settings_name_the_key():
         demo_av(world=WORLD, num_classes=4, num_experiences=2, features={"token_dim": 0})
     with pytest.raises(ValueError, match="features need modalities"):
         demo_av(world=WORLD, num_classes=4, num_experiences=2, modalities=["image", "text"], features={})
+
+
+def test_frames_are_independent_renderings_encoded_one_by_one():
+    kw = dict(world=WORLD, num_classes=4, num_experiences=2, train_per_class=3, test_per_class=2)
+    single = demo_av(**kw, features=TINY)
+    clips = demo_av(**kw, features={**TINY, "frames": 3})
+    x1 = single.scenario.test_stream[0].dataset[0][0]["image"]
+    x3 = clips.scenario.test_stream[0].dataset[0][0]["image"]
+    assert x3.shape == (3, 16, 6)  # [T, S, Dv]
+    # frame 0 is the single-frame sample (same encoder: the pretraining does not depend on frames)
+    assert torch.allclose(x3[0], x1[0])
+    assert not torch.allclose(x3[1], x3[0]) and not torch.allclose(x3[2], x3[1])
+    net = build_avcil_model({m: type("S", (), {"shape": (3, 16, 6) if m == "image" else (5,)})() for m in ("audio", "image")}, 4, {"inputs": "features"})
+    assert net.frames == 3
+
+
+def test_world_image_frames_stack_renderings_as_clips():
+    world = ProceduralWorld(**WORLD)
+    classes = world.task_classes(2)
+    one = world.classification_split(classes, per_class=2, modalities=("image",), tag="t")
+    two = world.classification_split(classes, per_class=2, modalities=("image",), tag="t", image_frames=2)
+    a, b = one[0][0]["image"], two[0][0]["image"]
+    assert b.shape == (3, 2, 8, 8) and torch.equal(b[:, 0], a) and not torch.equal(b[:, 1], a)
+    with pytest.raises(ValueError, match="image_frames must be a positive int"):
+        world.classification_split(classes, per_class=2, modalities=("image",), image_frames=0)

@@ -168,7 +168,7 @@ def test_avcil_runs_on_demo_av_frozen_features(tmp_path):
     cfg = json.loads(json.dumps(CFG))
     del cfg["studies"]["late"]
     att = cfg["studies"]["att"]
-    att["benchmark"]["params"]["features"] = {"per_combination": 2, "epochs": 1, "token_dim": 6, "audio_dim": 5, "conv_channels": [4]}
+    att["benchmark"]["params"]["features"] = {"per_combination": 2, "epochs": 1, "token_dim": 6, "audio_dim": 5, "conv_channels": [4], "frames": 2}
     att["model"]["params"] = {"inputs": "features"}
     att["strategies"] = {"avcil": {"method": "av-cil", "mem_size": 4}, "er": {"mem_size": 4}}
     path = _write(str(tmp_path), cfg)
