@@ -253,9 +253,18 @@ class MultimodalTemplateMixin:
         1-process run's; plugins may change the minibatch before, so it comes last."""
         super()._before_forward(**kwargs)
         _dist.set_row_mapping(None)
-        if _dist.is_distributed() and _dist.draws_per_row(self.model):
+        if not _dist.is_distributed():
+            return
+        flag = getattr(self, "_draws_per_row", None)  # looked up once per experience (and model)
+        if flag is None or flag[0] is not self.model:
+            flag = self._draws_per_row = (self.model, _dist.draws_per_row(self.model))
+        if flag[1]:
             sizes = _dist._gather_sizes(int(self.mb_batch_size))
             _dist.set_row_mapping(_dist.row_mapping(sizes, order="sampler"))
+
+    def _before_training_exp(self, **kwargs):
+        super()._before_training_exp(**kwargs)
+        self._draws_per_row = None  # plugins may have attached modules (adapters) meanwhile
 
     def _after_forward(self, **kwargs):
         _dist.set_row_mapping(None)

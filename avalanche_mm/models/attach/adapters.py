@@ -148,7 +148,7 @@ class MixtureOfAdapters(nn.Module):
     def draws_per_row(self) -> bool:
         """Per-sample random draws while training (noisy gating, expert dropout): see
         :func:`avalanche_mm.distributed.draws_per_row`."""
-        return self.training and (self.noisy_gating or self.experts[0].dropout.p > 0)
+        return self.noisy_gating or self.experts[0].dropout.p > 0
 
     @property
     def num_routers(self) -> int:
