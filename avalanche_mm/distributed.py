@@ -902,3 +902,153 @@ __all__ += [
     "replica_state",
     "check_strategy_replicas",
 ]
+
+
+# ---------------------------------------------------------------------------
+# per-sample random draws equal to the 1-process draws (router noise, dropout)
+# ---------------------------------------------------------------------------
+import contextlib  # noqa: E402
+import threading  # noqa: E402
+
+
+class RowMapping:
+    """Where this rank's rows of the current minibatch sit in the global minibatch.
+
+    :param sizes: every rank's number of rows (rank order).
+    :param own: positions of this rank's rows in the global minibatch (1-process order).
+    :param local: the number of rows this rank's forward pass actually holds (its share,
+        or 1 for a placeholder row of an empty evaluation slice).
+    """
+
+    __slots__ = ("total", "own", "local")
+
+    def __init__(self, sizes: Sequence[int], own: torch.Tensor, local: Optional[int] = None):
+        self.total = int(sum(sizes))
+        self.own = own.cpu()
+        self.local = int(own.numel() if local is None else local)
+
+
+_ROWS = threading.local()
+
+
+def _current_rows() -> Optional[RowMapping]:
+    if getattr(_ROWS, "replicated", 0):
+        return None
+    return getattr(_ROWS, "mapping", None)
+
+
+def row_mapping(sizes: Sequence[int], *, order: str = "sampler", local: Optional[int] = None) -> RowMapping:
+    """The :class:`RowMapping` of a minibatch split over the ranks as ``sizes`` says, no
+    collective. ``order="sampler"``: the training minibatch as ``DistributedSampler`` deals it
+    (global row ``i * world + r`` is rank ``r``'s row ``i`` when the shards are equal, rank
+    order otherwise: the mapping :func:`gather_rows` uses); ``order="rank"``: contiguous
+    slices (sharded evaluation)."""
+    sizes = [int(s) for s in sizes]
+    perm = _order(sizes, order)
+    r = rank()
+    start = sum(sizes[:r])
+    own = torch.arange(start, start + sizes[r])
+    if perm is not None:
+        inv = torch.empty_like(perm)
+        inv[perm] = torch.arange(perm.numel())
+        own = inv[own]
+    return RowMapping(sizes, own, local)
+
+
+def set_row_mapping(mapping: Optional[RowMapping]) -> None:
+    """Make :func:`sharded_randn_like` and friends draw for the global minibatch (None: stop).
+    The template sets it around each training forward pass under several processes."""
+    _ROWS.mapping = mapping
+
+
+@contextlib.contextmanager
+def replicated_rows():
+    """Inside: per-row draws are plain local draws, for inputs every rank holds whole (a text
+    tower run on the class prompts): the same on every rank and equal to one process."""
+    _ROWS.replicated = getattr(_ROWS, "replicated", 0) + 1
+    try:
+        yield
+    finally:
+        _ROWS.replicated -= 1
+
+
+def _global_draw(shape, draw):
+    """``draw(global_shape)`` restricted to this rank's rows when a row mapping is active and
+    ``shape[0]`` is this rank's row count; ``draw(shape)`` otherwise."""
+    m = _current_rows()
+    if m is None or len(shape) == 0 or int(shape[0]) != m.local:
+        return draw(tuple(shape))
+    full = draw((m.total,) + tuple(shape[1:]))
+    if m.own.numel() != m.local:  # a placeholder row of an empty evaluation slice: discarded anyway
+        return full[:m.local] if m.total >= m.local else draw(tuple(shape))
+    return full[m.own.to(full.device)]
+
+
+def sharded_randn_like(t: torch.Tensor) -> torch.Tensor:
+    """``torch.randn_like(t)`` for a tensor whose rows are this rank's samples, equal to the
+    rows a 1-process run draws for the same samples.
+
+    Under a row mapping (a training forward pass under several processes) every rank draws
+    the noise of the *global* minibatch from its generator (the same state on every rank, so
+    the random streams stay aligned) and keeps its own rows, in the order the gathers use.
+    Otherwise - one process, outside the forward pass, a tensor whose first dimension is not
+    the rank's row count, or inside :func:`replicated_rows` - it is ``torch.randn_like(t)``.
+    """
+    return _global_draw(t.shape, lambda s: torch.randn(s, dtype=t.dtype, device=t.device))
+
+
+def sharded_rand_like(t: torch.Tensor) -> torch.Tensor:
+    """``torch.rand_like(t)`` with the row mapping of :func:`sharded_randn_like`."""
+    return _global_draw(t.shape, lambda s: torch.rand(s, dtype=t.dtype, device=t.device))
+
+
+def sharded_dropout_mask(shape: Sequence[int], p: float, *, dtype=torch.float32, device=None) -> torch.Tensor:
+    """The scaled keep-mask ``F.dropout(ones(shape), p)`` (zeros and ``1/(1-p)``) with the row
+    mapping of :func:`sharded_randn_like`: ``x * mask`` is ``F.dropout(x, p)`` bit for bit."""
+    return _global_draw(tuple(shape), lambda s: torch.nn.functional.dropout(
+        torch.ones(s, dtype=dtype, device=device), float(p), True))
+
+
+def sharded_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """``F.dropout(x, p, training)`` whose mask, for rows that are this rank's samples, is the
+    1-process mask of those samples (see :func:`sharded_randn_like`); exactly ``F.dropout``
+    when no row mapping applies."""
+    if not training or p == 0.0 or _current_rows() is None or x.dim() == 0 or int(x.shape[0]) != _current_rows().local:
+        return torch.nn.functional.dropout(x, p, training)
+    return x * sharded_dropout_mask(x.shape, p, dtype=x.dtype, device=x.device)
+
+
+class ShardedDropout(nn.Dropout):
+    """:class:`torch.nn.Dropout` (same state, same arguments) drawing through
+    :func:`sharded_dropout`: for modules whose input rows are the minibatch's samples."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sharded_dropout(x, self.p, self.training)
+
+
+def draws_per_row(model: nn.Module) -> bool:
+    """True when some module of ``model`` makes per-sample random draws through the helpers
+    above while training (it says so with a true ``draws_per_row`` attribute or property, or
+    is a :class:`ShardedDropout` with ``p > 0``): the template then exchanges the ranks' row
+    counts once per training forward pass to set the row mapping."""
+    for m in model.modules():
+        if isinstance(m, ShardedDropout):
+            if m.p > 0:
+                return True
+        elif getattr(m, "draws_per_row", False):
+            return True
+    return False
+
+
+__all__ += [
+    "RowMapping",
+    "row_mapping",
+    "set_row_mapping",
+    "replicated_rows",
+    "sharded_randn_like",
+    "sharded_rand_like",
+    "sharded_dropout_mask",
+    "sharded_dropout",
+    "ShardedDropout",
+    "draws_per_row",
+]

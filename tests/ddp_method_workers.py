@@ -159,12 +159,63 @@ def replica_case(rank, world, out):
             fh.write(str(err))
 
 
+def draws_case(rank, world):
+    """Per-sample random draws under a row mapping (router noise, dropout masks): the ranks'
+    rows, gathered, are the 1-process draw of the global minibatch - uneven shards (rank
+    order) and even ones (sampler order) - and the random streams stay aligned; a whole
+    MoE layer (noisy gating + expert dropout) gives the 1-process output rows."""
+    from avalanche_mm.models.attach.adapters import MixtureOfAdapters
+
+    def one_process(draw):
+        torch.manual_seed(5)
+        return draw(), torch.rand(1)
+
+    lo, hi = SPLIT[rank]
+    cases = [([6, 4], torch.arange(lo, hi)), ([5, 5], torch.arange(rank, 10, 2))]
+    for sizes, rows in cases:
+        D.set_row_mapping(D.row_mapping(sizes, order="sampler"))
+        try:
+            for draw in (lambda t: D.sharded_randn_like(t), lambda t: D.sharded_rand_like(t),
+                         lambda t: D.sharded_dropout(torch.ones_like(t), 0.4)):
+                full, after = one_process(lambda: draw(torch.empty(10, 3, 2)))
+                mine, mine_after = one_process(lambda: draw(torch.empty(len(rows), 3, 2)))
+                assert torch.equal(mine, full[rows]), sizes
+                assert torch.equal(mine_after, after)  # the stream advanced as in one process
+                with D.replicated_rows():  # inputs every rank holds whole: plain draws
+                    assert torch.equal(one_process(lambda: draw(torch.empty(len(rows), 3, 2)))[0],
+                                       one_process(lambda: draw(torch.empty(len(rows), 3, 2)))[0])
+                    assert _same_on_ranks(one_process(lambda: draw(torch.empty(4, 3, 2)))[0])
+        finally:
+            D.set_row_mapping(None)
+    # a mixture layer: noisy gating (a learned, non-zero noise std) and expert dropout
+    torch.manual_seed(0)
+    moe = MixtureOfAdapters(dim=6, num_experts=3, top_k=2, bottleneck=4, dropout=0.3)
+    with torch.no_grad():
+        moe.w_gate.normal_(0, 0.5)
+        moe.w_noise.normal_(0, 0.5)
+        for e in moe.experts:
+            e.up.weight.normal_(0, 0.5)
+    assert D.draws_per_row(moe)
+    x = torch.randn(10, 3, 6, generator=torch.Generator().manual_seed(2))
+    full, _ = one_process(lambda: moe(x))
+    for sizes, rows in cases:
+        D.set_row_mapping(D.row_mapping(sizes, order="sampler"))
+        try:
+            mine, _ = one_process(lambda: moe(x[rows]))
+        finally:
+            D.set_row_mapping(None)
+        torch.testing.assert_close(mine, full[rows], rtol=0, atol=1e-6)
+    unmapped, _ = one_process(lambda: moe(x[rows]))  # without the mapping: the ranks repeat each other's draws
+    assert not torch.allclose(unmapped, full[rows], atol=1e-4)
+
+
 def all_cases(rank, world, out):
     """Every case in one process group (starting processes is the slow part)."""
     ogm_case(rank, world)
     gather_case(rank, world)
     in_batch_grad_case(rank, world)
     counts_case(rank, world)
+    draws_case(rank, world)
     replica_case(rank, world, out + ".replica")
     if rank == 0:
         open(out + ".done", "w").close()

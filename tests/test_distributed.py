@@ -153,3 +153,31 @@ def test_two_processes_match_one_and_a_killed_rank_resumes(tmp_path):
     w0 = json.load(open(os.path.join(one, "mtil", "finetune", "weights_0.json")))
     w1 = json.load(open(os.path.join(one, "mtil", "finetune", "weights_1.json")))
     assert w0 != w1
+
+
+def test_sharded_draws_are_plain_draws_in_one_process():
+    """Outside a process group (and outside the forward pass) the sharded draws are exactly
+    torch's: 1-process results are unchanged by the mechanism."""
+    import torch.nn.functional as F
+
+    t = torch.empty(5, 3)
+    for ours, theirs in ((D.sharded_randn_like, torch.randn_like), (D.sharded_rand_like, torch.rand_like),
+                         (lambda x: D.sharded_dropout(x + 1, 0.3), lambda x: F.dropout(x + 1, 0.3, True))):
+        torch.manual_seed(1)
+        a = ours(t.zero_())
+        torch.manual_seed(1)
+        assert torch.equal(a, theirs(t.zero_()))
+    torch.manual_seed(1)
+    a = D.ShardedDropout(0.3)(torch.ones(4, 2))
+    torch.manual_seed(1)
+    assert torch.equal(a, torch.nn.Dropout(0.3)(torch.ones(4, 2)))
+    assert torch.equal(D.ShardedDropout(0.3).eval()(torch.ones(4, 2)), torch.ones(4, 2))
+    # a row mapping that does not match the tensor's rows (e.g. the class prompts) draws plainly
+    D.set_row_mapping(D.row_mapping([3]))
+    try:
+        torch.manual_seed(1)
+        a = D.sharded_randn_like(t)
+        torch.manual_seed(1)
+        assert torch.equal(a, torch.randn_like(t))
+    finally:
+        D.set_row_mapping(None)

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from avalanche.models import DynamicModule, MultiTaskModule
 from torch import Tensor, nn
 
+from ..distributed import replicated_rows
 from .backbones.base import VisionLanguageBackbone
 
 DEFAULT_TEMPLATES: Tuple[str, ...] = ("a photo of a {}.",)
@@ -165,9 +166,12 @@ class ClassEmbeddingCache(nn.Module):
         self.num_prompts_encoded += len(prompts)
         self.last_prompts = prompts
         chunks = []
-        for start in range(0, len(ids), self.text_batch_size):
-            self.num_text_encoder_calls += 1
-            chunks.append(backbone.encode_text(ids[start : start + self.text_batch_size]))
+        # the class prompts are the same on every rank: per-row random draws in the text tower
+        # (MoE router noise, adapter dropout) are plain draws, not the minibatch's sharded ones
+        with replicated_rows():
+            for start in range(0, len(ids), self.text_batch_size):
+                self.num_text_encoder_calls += 1
+                chunks.append(backbone.encode_text(ids[start : start + self.text_batch_size]))
         emb = torch.cat(chunks).float()
         emb = emb.view(len(class_names), len(templates), -1).mean(dim=1)
         return F.normalize(emb, dim=-1)

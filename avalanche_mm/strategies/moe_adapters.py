@@ -58,8 +58,12 @@ Under ``torchrun`` (docs/scaling.md) the routing counts of a task are summed ove
 ranks before activate-freeze (blocks whose inputs every rank ran whole, such as the text
 tower on the class prompts, keep theirs), so every rank freezes the experts of a
 1-process run; DDAS trains on the whole experience on every rank. The router noise and
-the expert dropout are drawn per sample from each rank's generator: equal to one process
-in distribution, not draw for draw.
+the expert dropout are per-sample draws made for the global minibatch on every rank, each
+rank keeping its own samples' rows (:func:`avalanche_mm.distributed.sharded_randn_like`,
+:func:`~avalanche_mm.distributed.sharded_dropout_mask`): the draws of a 1-process run with
+the same global batch, draw for draw. The expert dropout draws one mask per (sample,
+selected expert) for the whole minibatch (one draw per layer, not one per expert on its
+routed rows): the same distribution as the released code's ``nn.Dropout`` inside each expert.
 
 :class:`MoEAdaptersPlugin` holds the mechanisms; :class:`MoEAdapters` is the
 fine-tuning recipe (:class:`~avalanche_mm.strategies.FineTune`) with it.

@@ -197,7 +197,12 @@ class MultimodalTemplateMixin:
                 self._unpack_minibatch()
                 self._before_eval_iteration(**kwargs)
                 self._before_eval_forward(**kwargs)
-                self.mb_output = self.forward()
+                # per-sample draws in evaluation (MoE noise_at_eval): those of the global minibatch
+                _dist.set_row_mapping(_dist.row_mapping(plan[k], order="rank", local=self.mb_batch_size))
+                try:
+                    self.mb_output = self.forward()
+                finally:
+                    _dist.set_row_mapping(None)
                 self._after_eval_forward(**kwargs)
                 self._gather_eval_minibatch(plan[k])
                 self.loss = self.criterion()
@@ -241,6 +246,30 @@ class MultimodalTemplateMixin:
         return _dist.all_gather_rows(obj, shard[0], where="plugin rows")
 
     # -- data parallel ---------------------------------------------------------
+    def _before_forward(self, **kwargs):
+        """Under several processes, when the model draws per-sample noise (MoE router noise,
+        sharded dropout: :func:`avalanche_mm.distributed.draws_per_row`), set the row mapping
+        of this minibatch (one exchange of the ranks' row counts) so those draws equal a
+        1-process run's; plugins may change the minibatch before, so it comes last."""
+        super()._before_forward(**kwargs)
+        _dist.set_row_mapping(None)
+        if not _dist.is_distributed():
+            return
+        flag = getattr(self, "_draws_per_row", None)  # looked up once per experience (and model)
+        if flag is None or flag[0] is not self.model:
+            flag = self._draws_per_row = (self.model, _dist.draws_per_row(self.model))
+        if flag[1]:
+            sizes = _dist._gather_sizes(int(self.mb_batch_size))
+            _dist.set_row_mapping(_dist.row_mapping(sizes, order="sampler"))
+
+    def _before_training_exp(self, **kwargs):
+        super()._before_training_exp(**kwargs)
+        self._draws_per_row = None  # plugins may have attached modules (adapters) meanwhile
+
+    def _after_forward(self, **kwargs):
+        _dist.set_row_mapping(None)
+        super()._after_forward(**kwargs)
+
     def optimizer_step(self):
         """Average the gradients over the ranks (when distributed), then step."""
         if _dist.is_distributed():

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones.base import VisionLanguageBackbone
+from ...distributed import ShardedDropout, sharded_dropout_mask, sharded_randn_like
 from .base import BackboneAttachment, from_batch_first, resolve_layers, to_batch_first
 
 
@@ -55,7 +56,7 @@ class BottleneckAdapter(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
         self.down = nn.Linear(dim, bottleneck)
         self.up = nn.Linear(bottleneck, dim)
-        self.dropout = nn.Dropout(float(dropout))
+        self.dropout = ShardedDropout(float(dropout))
         self.scale = float(scale)
         nn.init.kaiming_uniform_(self.down.weight, a=5**0.5)
         nn.init.zeros_(self.down.bias)
@@ -63,8 +64,12 @@ class BottleneckAdapter(nn.Module):
             nn.init.zeros_(self.up.weight)
             nn.init.zeros_(self.up.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.scale * self.up(self.dropout(F.relu(self.down(x))))
+    def forward(self, x: Tensor, *, mask: Optional[Tensor] = None) -> Tensor:
+        """:param mask: a scaled dropout keep-mask for the hidden activation, drawn by the
+            caller (a mixture draws one per routed row); None: this adapter's own dropout."""
+        h = F.relu(self.down(x))
+        h = self.dropout(h) if mask is None else h * mask.to(h.dtype)
+        return self.scale * self.up(h)
 
 
 class MixtureOfAdapters(nn.Module):
@@ -140,6 +145,12 @@ class MixtureOfAdapters(nn.Module):
         return len(self.experts)
 
     @property
+    def draws_per_row(self) -> bool:
+        """Per-sample random draws while training (noisy gating, expert dropout): see
+        :func:`avalanche_mm.distributed.draws_per_row`."""
+        return self.noisy_gating or self.experts[0].dropout.p > 0
+
+    @property
     def num_routers(self) -> int:
         return int(self.w_gate.shape[0])
 
@@ -178,7 +189,8 @@ class MixtureOfAdapters(nn.Module):
         logits = clean
         if self.noisy_gating and (self.training or self.noise_at_eval):
             std = F.softplus(route @ self.w_noise[r].float()) + 1e-2
-            logits = clean + torch.randn_like(clean) * std
+            # per-sample noise: under several processes the rows a 1-process run draws
+            logits = clean + sharded_randn_like(clean) * std
         top_val, top_idx = logits.topk(self.top_k, dim=-1)
         gates = torch.zeros_like(logits).scatter(-1, top_idx, F.softmax(top_val, dim=-1))
         if self.training:
@@ -192,12 +204,23 @@ class MixtureOfAdapters(nn.Module):
         route = xb[:, 0] if self.router_input == "first" else xb.mean(dim=1)
         gates = self.gates(route)
         self.last_gates = gates
+        masks, slot = None, None
+        p = self.experts[0].dropout.p
+        if self.training and p > 0:
+            # one expert-dropout mask per (sample, selected expert), drawn for the whole minibatch
+            # (sharded: under several processes each rank keeps its samples' 1-process masks);
+            # a sample's k-th selected expert (in expert order) uses masks[:, k]
+            hidden = self.experts[0].down.out_features
+            masks = sharded_dropout_mask((xb.shape[0], self.top_k) + tuple(xb.shape[1:-1]) + (hidden,), p,
+                                         dtype=xb.dtype, device=xb.device)
+            slot = (gates > 0).long().cumsum(-1) - 1
         out = None
         for e, expert in enumerate(self.experts):
             rows = (gates[:, e] > 0).nonzero(as_tuple=True)[0]
             if rows.numel() == 0:
                 continue
-            y = expert(xb[rows]) * gates[rows, e].view(-1, 1, 1).to(xb.dtype)
+            mask = None if masks is None else masks[rows, slot[rows, e]]
+            y = expert(xb[rows], mask=mask) * gates[rows, e].view(-1, 1, 1).to(xb.dtype)
             if out is None:
                 out = torch.zeros(xb.shape[:-1] + (y.shape[-1],), dtype=y.dtype, device=y.device)
             out = out.index_add(0, rows, y.to(out.dtype))
@@ -326,6 +349,13 @@ class AdapterSet(BackboneAttachment):
             x = inputs[0]
         if isinstance(adapter, MixtureOfAdapters):
             delta = adapter(x, batch_first=batch_first)
+        elif not batch_first and adapter.training and adapter.dropout.p > 0:
+            # seq-first tokens: the dropout mask is drawn batch-first, so its rows are the samples
+            # (sharded under several processes like every per-sample draw)
+            xb = to_batch_first(x, False)
+            mask = sharded_dropout_mask(tuple(xb.shape[:-1]) + (adapter.down.out_features,), adapter.dropout.p,
+                                        dtype=x.dtype, device=x.device)
+            delta = adapter(x, mask=from_batch_first(mask, False))
         else:
             delta = adapter(x)
         return output + delta.to(output.dtype)

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...distributed import ShardedDropout
+
 
 def _pos_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -88,7 +90,7 @@ class MLPEncoder(_Encoder):
         dims = [_pos_int("in_dim", in_dim)] + [_pos_int("hidden_dims", h) for h in hidden_dims]
         layers = []
         for a, b in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(dropout)]
+            layers += [nn.Linear(a, b), nn.ReLU(), ShardedDropout(dropout)]
         layers.append(nn.Linear(dims[-1], _pos_int("out_dim", out_dim)))
         self.net = nn.Sequential(*layers)
         self.in_dim, self.out_dim = in_dim, out_dim

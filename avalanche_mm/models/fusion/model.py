@@ -28,6 +28,8 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
+from ...distributed import ShardedDropout
+
 FUSIONS = ("concat", "sum", "gating", "attention")
 
 
@@ -90,7 +92,7 @@ class FusionModel(nn.Module):
         self.encoders = nn.ModuleDict(dict(encoders))
         self.fusion = fusion
         self.num_classes = num_classes
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = ShardedDropout(dropout)  # per-sample masks: the 1-process ones under torchrun
         if fusion == "concat":
             self.projections = None
             self.fusion_dim = sum(dims.values())
