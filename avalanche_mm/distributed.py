@@ -944,15 +944,7 @@ def row_mapping(sizes: Sequence[int], *, order: str = "sampler", local: Optional
     order otherwise: the mapping :func:`gather_rows` uses); ``order="rank"``: contiguous
     slices (sharded evaluation)."""
     sizes = [int(s) for s in sizes]
-    perm = _order(sizes, order)
-    r = rank()
-    start = sum(sizes[:r])
-    own = torch.arange(start, start + sizes[r])
-    if perm is not None:
-        inv = torch.empty_like(perm)
-        inv[perm] = torch.arange(perm.numel())
-        own = inv[own]
-    return RowMapping(sizes, own, local)
+    return RowMapping(sizes, _own_positions(sizes, _order(sizes, order), "cpu"), local)
 
 
 def set_row_mapping(mapping: Optional[RowMapping]) -> None:
