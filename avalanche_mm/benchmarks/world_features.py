@@ -13,12 +13,13 @@ other data. :class:`WorldFeatureExtractor` gives the procedural world the same r
    same attribute values);
 3. it freezes the encoders and maps a split's raw tensors to features:
 
-   - visual (``image``): a :class:`~avalanche_mm.models.fusion.avcil.ConvTokens` CNN,
+   - visual (``image``): a small CNN with the layout of
+     :class:`~avalanche_mm.models.fusion.avcil.ConvTokens`,
      tokens ``[T, S, Dv]`` (VideoMAE's layout): ``S = H'W'`` spatial tokens per frame, ``T = 1``
      frame, or ``T = frames`` independent renderings of the object (clips ``[C, T, H, W]``,
      :meth:`ProceduralWorld.classification_split` ``image_frames``), each frame encoded alone;
-   - audio: a :class:`~avalanche_mm.models.fusion.encoders.SequenceEncoder` over the
-     spectrogram's frames, a vector ``[Da]`` (AudioMAE's clip embedding).
+   - audio: two 1-D convolutions with the layout of the conv
+     :class:`~avalanche_mm.models.fusion.encoders.SequenceEncoder` over the spectrogram's frames, a vector ``[Da]`` (AudioMAE's clip embedding).
 
 The continual stream's classes and its train/valid/test samples are never seen by the
 pretraining. Pretraining runs in a forked RNG (the caller's random state is untouched) and is
@@ -76,6 +77,47 @@ def feature_settings(params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     return out
 
 
+class _FrameTokens(nn.Module):
+    """The stand-in visual feature extractor (the role VideoMAE plays for AV-CIL): a small CNN,
+    images ``[B, C, H, W]`` or clips ``[B, C, F, H, W]`` -> tokens ``[B, F, S, D]`` (S = H'W').
+
+    The benchmark layer sits below the models, so it keeps its own extractor networks; they
+    have the layout of the library's ``ConvTokens`` (``tests/benchmarks/test_world_features.py``
+    checks the two agree), whose token layout AV-CIL's ``inputs: features`` expects."""
+
+    def __init__(self, in_channels: int, out_dim: int, channels: Sequence[int]):
+        super().__init__()
+        widths = [int(in_channels), *(int(c) for c in channels)]
+        stages = []
+        for cin, cout in zip(widths[:-1], widths[1:]):
+            stages.extend((nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)))
+        self.net = nn.Sequential(*stages, nn.Conv2d(widths[-1], int(out_dim), 1))
+        self.out_dim = int(out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        clips = x if x.dim() == 5 else x.unsqueeze(2)
+        b, c, f, h, w = clips.shape
+        maps = self.net(clips.transpose(1, 2).reshape(b * f, c, h, w))
+        return maps.flatten(2).transpose(1, 2).reshape(b, f, -1, self.out_dim)
+
+
+class _SpectrogramVector(nn.Module):
+    """The stand-in audio feature extractor (AudioMAE's role): two 1-D convolutions over a
+    spectrogram ``[B, F, L]``, mean over time, a projection -> ``[B, D]`` (the layout of the
+    library's conv ``SequenceEncoder``)."""
+
+    def __init__(self, in_channels: int, out_dim: int):
+        super().__init__()
+        d = int(out_dim)
+        self.net = nn.ModuleList([nn.Conv1d(int(in_channels), d, 5, padding=2), nn.Conv1d(d, d, 5, padding=2)])
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for conv in self.net:
+            x = F.relu(conv(x))
+        return self.proj(x.mean(-1))
+
+
 class _AttributeNet(nn.Module):
     """An encoder with one linear attribute head per family (pretraining only)."""
 
@@ -103,9 +145,6 @@ class WorldFeatureExtractor:
     """
 
     def __init__(self, world, *, modalities: Sequence[str] = ("image", "audio"), settings: Optional[Mapping[str, Any]] = None):
-        from avalanche_mm.models.fusion.avcil import ConvTokens
-        from avalanche_mm.models.fusion.encoders import SequenceEncoder
-
         bad = [m for m in modalities if m not in ("image", "audio")]
         if bad or not modalities:
             raise ValueError(f"WorldFeatureExtractor: modalities must be a non-empty subset of ['image', 'audio'], got {list(modalities)}.")
@@ -125,10 +164,10 @@ class WorldFeatureExtractor:
             for m in self.modalities:
                 x = ref.modalities[m].float()
                 if m == "image":
-                    enc = ConvTokens(in_channels=x.shape[1], out_dim=s["token_dim"], channels=s["conv_channels"])
+                    enc = _FrameTokens(x.shape[1], s["token_dim"], s["conv_channels"])
                     net = _AttributeNet(enc, s["token_dim"], world.cardinalities, pool=True)
                 else:
-                    enc = SequenceEncoder(in_channels=x.shape[1], out_dim=s["audio_dim"], hidden=s["audio_dim"])
+                    enc = _SpectrogramVector(x.shape[1], s["audio_dim"])
                     net = _AttributeNet(enc, s["audio_dim"], world.cardinalities, pool=False)
                 self.pretrain_accuracy[m] = self._pretrain(net, x, ref.attributes)
                 enc.eval()

@@ -89,3 +89,25 @@ def test_world_image_frames_stack_renderings_as_clips():
     assert b.shape == (3, 2, 8, 8) and torch.equal(b[:, 0], a) and not torch.equal(b[:, 1], a)
     with pytest.raises(ValueError, match="image_frames must be a positive int"):
         world.classification_split(classes, per_class=2, modalities=("image",), image_frames=0)
+
+
+def test_extractor_networks_equal_the_library_encoders_they_stand_in_for():
+    """The benchmark layer keeps its own extractor networks (it sits below the models); with the
+    same seed they build and compute exactly what ConvTokens / the conv SequenceEncoder do."""
+    from avalanche_mm.benchmarks.world_features import _FrameTokens, _SpectrogramVector
+    from avalanche_mm.models.fusion.avcil import ConvTokens
+    from avalanche_mm.models.fusion.encoders import SequenceEncoder
+
+    torch.manual_seed(3)
+    ours = _FrameTokens(3, 8, [4, 6])
+    torch.manual_seed(3)
+    lib = ConvTokens(in_channels=3, out_dim=8, channels=[4, 6])
+    clips = torch.randn(2, 3, 2, 9, 9)
+    assert torch.equal(ours(clips), lib(clips))
+    assert torch.equal(ours(clips[:, :, 0]), lib(clips[:, :, 0]))
+    torch.manual_seed(4)
+    ours_a = _SpectrogramVector(5, 7)
+    torch.manual_seed(4)
+    lib_a = SequenceEncoder(in_channels=5, out_dim=7, hidden=7)
+    spec = torch.randn(3, 5, 11)
+    assert torch.allclose(ours_a(spec), lib_a(spec), rtol=0, atol=1e-6)
