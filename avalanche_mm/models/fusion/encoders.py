@@ -60,18 +60,22 @@ class _Encoder(nn.Module):
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"{type(self).__name__} expects {what}, got {got}.")
 
-    def _image_like(self, x: Tensor) -> Tensor:
-        """Validate images ``[B, C, H, W]`` or spectrograms ``[B, F, L]`` (given one channel)
-        against ``self.in_channels``."""
-        self._check_dims(x, (3, 4), "images [B, C, H, W] or spectrograms [B, F, L]")
-        if x.dim() == 3:
+    def _with_channels(self, x: Tensor, dims: Sequence[int], what: str, hint: str = "") -> Tensor:
+        """Validate ``x`` (``dims``: the allowed ranks, the lower one lacking the channel axis,
+        which is then added at position 1) against ``self.in_channels``."""
+        self._check_dims(x, dims, what)
+        if x.dim() == min(dims):
             x = x.unsqueeze(1)
         if x.shape[1] != self.in_channels:
             raise ValueError(
                 f"{type(self).__name__} was built for {self.in_channels} channels, got {x.shape[1]} "
-                f"(input shape {tuple(x.shape)})."
+                f"(input shape {tuple(x.shape)}{hint})."
             )
         return x
+
+    def _image_like(self, x: Tensor) -> Tensor:
+        """Images ``[B, C, H, W]`` or spectrograms ``[B, F, L]`` (given one channel)."""
+        return self._with_channels(x, (3, 4), "images [B, C, H, W] or spectrograms [B, F, L]")
 
 
 class MLPEncoder(_Encoder):
@@ -190,14 +194,8 @@ class SequenceEncoder(_Encoder):
         self.in_channels, self.out_dim = in_channels, out_dim
 
     def forward(self, x: Tensor, *, lengths: Optional[Tensor] = None) -> Tensor:
-        self._check_dims(x, (2, 3), "sequences [B, C, L] or waveforms [B, L]")
-        if x.dim() == 2:
-            x = x.unsqueeze(1)
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"SequenceEncoder was built for {self.in_channels} channels, got {x.shape[1]} "
-                f"(input shape {tuple(x.shape)}; sequences are channel-first [B, C, L])."
-            )
+        x = self._with_channels(x, (2, 3), "sequences [B, C, L] or waveforms [B, L]",
+                                "; sequences are channel-first [B, C, L]")
         mask = length_mask(lengths, x.shape[-1], x.shape[0], x.device)
         if self.kind == "conv":
             h = x
