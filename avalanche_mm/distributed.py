@@ -245,18 +245,13 @@ def align_rng(*salt: Any, src: int = 0) -> None:
     torch.manual_seed(seed)
 
 
+def _replicable(t) -> bool:
+    return torch.is_tensor(t) and (t.is_floating_point() or t.dtype in (torch.int64, torch.int32, torch.bool))
+
+
 def state_checksum(module: nn.Module) -> torch.Tensor:
     """Two float64 sums per tensor of the module's state (values and position-weighted values)."""
-    out = []
-    for _, t in sorted(module.state_dict().items()):
-        if not torch.is_tensor(t) or not (t.is_floating_point() or t.dtype in (torch.int64, torch.int32, torch.bool)):
-            continue
-        v = t.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
-        if v.numel() == 0:
-            continue
-        w = torch.arange(1, v.numel() + 1, dtype=torch.float64) / v.numel()
-        out.append(torch.stack([v.sum(), (v * w).sum()]))
-    return torch.cat(out) if out else torch.zeros(1, dtype=torch.float64)
+    return _checksum_of({k: t for k, t in module.state_dict().items() if _replicable(t) and t.numel()})
 
 
 def check_replicas_equal(module: nn.Module, *, where: str, rtol: float = 0.0) -> None:
@@ -265,25 +260,9 @@ def check_replicas_equal(module: nn.Module, *, where: str, rtol: float = 0.0) ->
     :param where: what just happened (named in the message).
     :param rtol: relative tolerance (0: exact).
     """
-    if not is_distributed():
-        return
-    dev = _cdev()  # NCCL moves only GPU tensors
-    mine = state_checksum(module).to(dev)
-    sizes = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(world_size())]
-    dist.all_gather(sizes, torch.tensor([mine.numel()], dtype=torch.int64, device=dev))
-    if len({int(s) for s in sizes}) != 1:
-        raise DistributedError(f"{where}: the ranks' models have different structures; every rank must build the same model")
-    allv = [torch.zeros_like(mine) for _ in range(world_size())]
-    dist.all_gather(allv, mine)
-    mine, allv = mine.cpu(), [v.cpu() for v in allv]
-    ref = allv[0]
-    for r, v in enumerate(allv[1:], start=1):
-        if not torch.allclose(v, ref, rtol=rtol, atol=0.0):
-            raise DistributedError(
-                f"{where}: the model on rank {r} differs from rank 0 (max checksum difference "
-                f"{float((v - ref).abs().max()):.3g}); some state was updated from rank-local data, "
-                "so this method is not DDP-safe"
-            )
+    if is_distributed():
+        state = {f"model.{k}": t for k, t in module.state_dict().items() if _replicable(t) and t.numel()}
+        _check_state_equal(state, where=where, rtol=rtol)
 
 
 def broadcast_module(module: nn.Module, src: int = 0) -> None:
@@ -864,24 +843,29 @@ def check_strategy_replicas(strategy, *, where: str) -> None:
     """:func:`check_replicas_equal` over :func:`replica_state`: the model *and* the
     plugins' state (queues, usage counts, memories, prompt statistics). A mismatch names
     the first differing entry."""
-    if not is_distributed():
-        return
-    state = replica_state(strategy)
+    if is_distributed():
+        _check_state_equal(replica_state(strategy), where=where)
+
+
+def _check_state_equal(state: dict, *, where: str, rtol: float = 0.0) -> None:
+    """Compare the checksums of ``state`` (name -> tensor) across the ranks; raise naming
+    the first entry that differs (NaNs equal NaNs; ``rtol`` > 0: relative tolerance)."""
     names = sorted(state)
     mine = _checksum_of(state)
-    sizes = _gather_sizes(mine.numel(), "cpu")
+    sizes = _gather_sizes(mine.numel())
     if len(set(sizes)) != 1:
         raise DistributedError(
             f"{where}: the ranks keep different state structures (model or plugin state, {sizes} "
-            "checksum entries); some plugin state was built from rank-local data, so this method is not DDP-safe"
+            "checksum entries); some state was built from rank-local data, so this method is not DDP-safe"
         )
-    mine = mine.to(_cdev())
+    mine = mine.to(_cdev())  # NCCL moves only GPU tensors
     allv = [torch.zeros_like(mine) for _ in range(world_size())]
     dist.all_gather(allv, mine)
     allv = [v.cpu() for v in allv]
     ref = allv[0]
     for r, v in enumerate(allv[1:], start=1):
-        same = (v == ref) | (v.isnan() & ref.isnan())
+        close = (v - ref).abs() <= rtol * ref.abs() if rtol > 0 else v == ref
+        same = close | (v.isnan() & ref.isnan())
         if not bool(same.all()):
             bad = int((~same).nonzero()[0]) // 2
             what = names[bad] if bad < len(names) else "?"
