@@ -438,6 +438,10 @@ class AVCILPlugin(SupervisedPlugin):
     :param class_contrastive_variant: ``"code"`` or ``"paper"``.
     :param contrastive_first_task: also use the contrastive terms on the first task
         (the code does not).
+    :param kd_weight: weight of the per-task logit distillation (the code: 1, always on;
+        0 ablates it).
+    :param attention_weight: weight of the attention distillation (the code: 1 with its
+        ``--attn_score_distil`` flag, which the released scripts set; 0 ablates it).
     """
 
     def __init__(
@@ -455,8 +459,13 @@ class AVCILPlugin(SupervisedPlugin):
         ce: str = "split",
         class_contrastive_variant: str = "code",
         contrastive_first_task: bool = False,
+        kd_weight: float = 1.0,
+        attention_weight: float = 1.0,
     ):
         super().__init__()
+        for name, v in (("kd_weight", kd_weight), ("attention_weight", attention_weight), ("lambda_i", lambda_i), ("lambda_c", lambda_c)):
+            if not v >= 0:
+                raise ValueError(f"{name} must be >= 0, got {v!r}.")
         if ce not in ("split", "joint"):
             raise ValueError(f"ce must be 'split' or 'joint', got {ce!r}.")
         if class_contrastive_variant not in ("code", "paper"):
@@ -473,6 +482,7 @@ class AVCILPlugin(SupervisedPlugin):
         self.tau_i, self.tau_c, self.lam = float(tau_i), float(tau_c), float(lam)
         self.ce, self.class_contrastive_variant = ce, class_contrastive_variant
         self.contrastive_first_task = bool(contrastive_first_task)
+        self.kd_weight, self.attention_weight = float(kd_weight), float(attention_weight)
         self.old_tasks: List[List[int]] = []
         self.current_classes: List[int] = []
         self.seen_classes: List[int] = []
@@ -544,10 +554,9 @@ class AVCILPlugin(SupervisedPlugin):
             old_logits = old(x)
             old_spatial, old_temporal = old.last_spatial_attention, old.last_temporal_attention
         kd = task_distillation(strategy.mb_output, old_logits, self.old_tasks, self.temperature)
-        extra = kd + self._contrastive(model, strategy.mb_y)
         ad = attention_distillation(spatial[n:], old_spatial[n:], temporal[n:], old_temporal[n:], self.lam)
         self.last_terms.update(kd=float(kd.detach()), attention=float(ad.detach()))
-        strategy.loss = strategy.loss + extra + ad
+        strategy.loss = strategy.loss + self.kd_weight * kd + self._contrastive(model, strategy.mb_y) + self.attention_weight * ad
 
     def _contrastive(self, model, y: Tensor) -> Tensor:
         a, v = model.last_audio_feature, model.last_visual_feature
@@ -582,6 +591,9 @@ class AVCIL(FineTune):
     :param ce: ``"split"`` (current rows over new classes, exemplars over old; the code) or ``"joint"``.
     :param class_contrastive_variant: ``"code"`` (mean over the batch) or ``"paper"`` (mean over positives).
     :param contrastive_first_task: also use the contrastive terms on the first task (the code does not).
+    :param kd_weight: weight of the per-task logit distillation (the code: 1; 0 ablates it).
+    :param attention_weight: weight of the spatial/temporal attention distillation (the code: 1;
+        0 ablates it, as the code without ``--attn_score_distil``).
     :param kwargs: :class:`~avalanche_mm.strategies.FineTune` arguments.
     """
 
@@ -602,6 +614,8 @@ class AVCIL(FineTune):
         ce: Literal["split", "joint"] = "split",
         class_contrastive_variant: Literal["code", "paper"] = "code",
         contrastive_first_task: bool = False,
+        kd_weight: Annotated[float, Range(ge=0.0)] = 1.0,
+        attention_weight: Annotated[float, Range(ge=0.0)] = 1.0,
         plugins: Optional[List[SupervisedPlugin]] = None,
         **kwargs,
     ):
@@ -611,6 +625,7 @@ class AVCIL(FineTune):
             mem_size=mem_size, mem_batch_size=mem_batch_size or max(1, int(mb) // 2), storage_policy=storage_policy,
             temperature=temperature, lambda_i=lambda_i, lambda_c=lambda_c, tau_i=tau_i, tau_c=tau_c, lam=lam, ce=ce,
             class_contrastive_variant=class_contrastive_variant, contrastive_first_task=contrastive_first_task,
+            kd_weight=kd_weight, attention_weight=attention_weight,
         )
         kwargs.pop("label_smoothing", None)
         super().__init__(
