@@ -52,7 +52,7 @@ LABELS = {
 # phases between the timer's callbacks (the timer is the last plugin: a phase ending at
 # callback X includes the other plugins' X work)
 PHASES = [("before_forward", "data + lr + reference draw"), ("after_forward", "forward"),
-          ("before_backward", "loss (criterion + distillation)"), ("after_backward", "backward (+ L2 term)"),
+          ("before_backward", "loss (criterion + ZSCL terms)"), ("after_backward", "backward (+ L2 gradient)"),
           ("after_update", "optimizer step + zero_grad"), ("after_training_iteration", "end of iteration (WE merge)")]
 
 
@@ -95,7 +95,7 @@ class LossSpy(SupervisedPlugin):
         super().__init__()
         self.losses = []
 
-    def after_training_iteration(self, strategy, **kw):  # the whole loss (fast L2 adds after backward)
+    def after_backward(self, strategy, **kw):
         self.losses.append(float(strategy.loss.detach()))
 
 
@@ -117,7 +117,7 @@ class _PluginClock:
     """Wall time of some ZSCL plugin methods (wrapped on the instance)."""
 
     NAMES = {"_draw": "reference draw", "distillation": "distillation losses (teacher lookups, KD)",
-             "after_backward": "L2 term, value + gradient (after backward)",
+             "_l2_direct": "L2 value (theta - theta_start, norms)", "after_backward": "L2 gradient add",
              "_merge": "WE merge (per merge)"}
 
     def __init__(self, plugin):

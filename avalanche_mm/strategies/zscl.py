@@ -44,11 +44,8 @@ run then differs from an uninterrupted one in the last digits.
 The student's work is fused (``fused_forward``): the reference images are
 encoded in the same image-tower pass as the training batch and, with
 ``text_features="student"``, the reference sentences in the same text-tower
-pass as the class prompts; the L2 term's value and gradient ``2 w (theta - theta_start)`` are
-computed after the backward pass without autograd (``fast_l2``): multi-tensor ops
-for the small parameters and, for the large ones (the token embedding), one
-cache-sized chunk at a time, each chunk's difference used for its square sum and
-its gradient while in cache (one read of the weights, start weights and gradient). Losses and
+pass as the class prompts; the L2 gradient ``2 w (theta - theta_start)`` is
+added after the backward pass with multi-tensor ops (``fast_l2``). Losses and
 gradients equal the separate passes to float precision.
 
 :class:`ZSCLPlugin` holds the three mechanisms (each can be switched off
@@ -213,8 +210,7 @@ class ZSCLPlugin(SupervisedPlugin):
         self._s_ref: Optional[Tensor] = None
         self._s_txt: Optional[Tensor] = None
         self._fused_backbone = None
-        self._l2_pending = False
-        self._l2_cache = None
+        self._l2_diffs = None
         self.ref_batch_size = int(ref_batch_size)
         self.ref_text_batch_size = ref_text_batch_size
         self.text_features = text_features
@@ -440,71 +436,20 @@ class ZSCLPlugin(SupervisedPlugin):
             self._fused_backbone = None
 
     # -- the penalty terms ---------------------------------------------------------------
-    #: parameters with more elements than this are processed by the fast L2 pass in chunks
-    #: of this many elements (1 MB in float32: a chunk's ``theta - theta_start`` stays in
-    #: cache between its square sum and its gradient add, so the pass reads ``theta``,
-    #: ``theta_start`` and the gradient once and writes the gradient once)
-    L2_CHUNK = 1 << 18
-
-    def _l2_operands(self, model: nn.Module):
-        """``((small params, starts), (large params, starts), scratch)``, built once per
-        task: the trainable parameters that have a start weight (start weights on the
-        parameters' devices), split into small ones (multi-tensor ops) and large
-        contiguous ones (chunked), and one reusable chunk buffer per device and dtype."""
-        cache = self._l2_cache
-        if cache is not None and cache[0] is model and cache[1] is self.start_weights:
-            return cache[2:]
-        small, large, scratch = ([], []), ([], []), {}
-        for n, p in model.named_parameters():
-            if n not in self.start_weights:
-                continue
-            start = self.start_weights[n].to(p.device)
-            big = p.numel() > self.L2_CHUNK and p.is_contiguous() and start.is_contiguous()
-            target = large if big else small
-            target[0].append(p)
-            target[1].append(start)
-            if big and (p.device, p.dtype) not in scratch:
-                scratch[(p.device, p.dtype)] = torch.empty(self.L2_CHUNK, device=p.device, dtype=p.dtype)
-        self._l2_cache = (model, self.start_weights, small, large, scratch)
-        return small, large, scratch
-
-    def _l2_fast(self, model: nn.Module) -> Tensor:
-        """Add the L2 gradient ``2 w (theta - theta_start)`` to every parameter's gradient
-        (setting it where the backward pass left none) and return
-        ``sum ||theta - theta_start||^2``; no autograd, and ``theta - theta_start`` is never
-        materialised for the large parameters. Called after the backward pass."""
-        (sp, ss), (lp, ls), scratch = self._l2_operands(model)
-        alpha = 2.0 * self.l2_weight
-        sums: List[Tensor] = []
-        with torch.no_grad():
-            if sp:
-                diffs = torch._foreach_sub([p.detach() for p in sp], ss)
-                sums.extend(n.float().pow(2) for n in torch._foreach_norm(diffs))
-                pairs = [(p.grad, d) for p, d in zip(sp, diffs) if p.grad is not None]
-                if pairs:
-                    torch._foreach_add_([g for g, _ in pairs], [d for _, d in pairs], alpha=alpha)
-                for p, d in zip(sp, diffs):
-                    if p.grad is None:
-                        p.grad = d.mul_(alpha)
-            chunk = self.L2_CHUNK
-            for p, s in zip(lp, ls):
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                if not p.grad.is_contiguous():  # an unusual gradient layout: one unchunked pass
-                    d = p.detach() - s
-                    sums.append(d.float().pow(2).sum())
-                    p.grad.add_(d, alpha=alpha)
-                    continue
-                buf = scratch[(p.device, p.dtype)]
-                pf, sf, gf = p.detach().view(-1), s.view(-1), p.grad.view(-1)
-                for lo in range(0, pf.numel(), chunk):
-                    hi = min(lo + chunk, pf.numel())
-                    d = torch.sub(pf[lo:hi], sf[lo:hi], out=buf[: hi - lo])
-                    sums.append(torch.dot(d, d).float())
-                    gf[lo:hi].add_(d, alpha=alpha)
-        if not sums:
+    def _l2_direct(self, model: nn.Module) -> Tensor:
+        """``sum ||theta - theta_start||^2`` without autograd; keeps ``theta - theta_start``
+        for :meth:`after_backward`, which adds its gradient ``2 w (theta - theta_start)``."""
+        pairs = [(p, self.start_weights[n]) for n, p in model.named_parameters() if n in self.start_weights]
+        if not pairs:
+            self._l2_diffs = None
             return torch.zeros((), device=next(model.parameters()).device)
-        return torch.stack(sums).sum()
+        params = [p for p, _ in pairs]
+        with torch.no_grad():
+            diffs = torch._foreach_sub([p.detach() for p in params], [s.to(p.device) for p, s in pairs])
+            norms = torch._foreach_norm(diffs)
+            value = torch.stack([n.float() for n in norms]).pow(2).sum()
+        self._l2_diffs = (params, diffs)
+        return value
 
     def before_backward(self, strategy, **kwargs):
         losses: Dict[str, Tensor] = {}
@@ -514,10 +459,10 @@ class ZSCLPlugin(SupervisedPlugin):
                 losses["image"] = self.image_weight * d["image"]
             if self.text_weight > 0:
                 losses["text"] = self.text_weight * d["text"]
-        self._l2_pending = False
+        self._l2_diffs = None
         if self.l2_weight > 0:
             if self.fast_l2:
-                self._l2_pending = True  # value and gradient after the backward pass
+                losses["l2"] = self.l2_weight * self._l2_direct(strategy.model)  # value only; grad below
             else:
                 losses["l2"] = self.l2_weight * self.l2_penalty(strategy.model)
         for value in losses.values():
@@ -525,17 +470,18 @@ class ZSCLPlugin(SupervisedPlugin):
         self.last_losses = {k: float(v.detach()) for k, v in losses.items()}
 
     def after_backward(self, strategy, **kwargs):
-        """The fast L2 term (``fast_l2``): its gradient is added to what the backward pass
-        left (the term does not depend on the batch, so this commutes with the backward
-        pass and with the ranks' gradient average), and its value to ``strategy.loss`` as
-        a constant, so the reported loss equals the autograd computation's."""
-        if not self._l2_pending:
+        if self._l2_diffs is None:
             return
-        self._l2_pending = False
-        value = self.l2_weight * self._l2_fast(strategy.model)
+        params, diffs = self._l2_diffs
+        self._l2_diffs = None
         with torch.no_grad():
-            strategy.loss = strategy.loss + value.to(strategy.loss.device, strategy.loss.dtype)
-        self.last_losses["l2"] = float(value)
+            with_grad = [(p, d) for p, d in zip(params, diffs) if p.grad is not None]
+            if with_grad:
+                torch._foreach_add_([p.grad for p, _ in with_grad], [d for _, d in with_grad],
+                                    alpha=2.0 * self.l2_weight)
+            for p, d in zip(params, diffs):
+                if p.grad is None:
+                    p.grad = d.mul(2.0 * self.l2_weight).to(p.dtype)
 
     # -- weight ensemble -----------------------------------------------------------
     def _merge(self, model: nn.Module) -> None:
@@ -581,8 +527,6 @@ class ZSCLPlugin(SupervisedPlugin):
         self.start_weights = {}
         self.we_weights = {}
         self._ref_iter = None
-        self._l2_cache = None
-        self._l2_pending = False
 
     # -- checkpointing ---------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
