@@ -231,6 +231,7 @@ class ZSCLPlugin(SupervisedPlugin):
         self._teacher_text: Optional[Tensor] = None
         self._t_img: Optional[Tensor] = None  # [N, D] teacher features of the reference images
         self._t_img_known: Optional[Tensor] = None  # [N] bool
+        self._t_img_all = False  # every reference image's teacher features are in _t_img
         self.num_teacher_image_encodings = 0
         self.total_iterations: Optional[int] = None
 
@@ -308,6 +309,8 @@ class ZSCLPlugin(SupervisedPlugin):
         if not self.cache_teacher_images:
             self.num_teacher_image_encodings += len(images)
             return self.teacher.encode_image(images)
+        if self._t_img_all:  # all precomputed: a plain lookup
+            return self._t_img[indices.to(self._t_img.device)]
         n = len(self.reference_images)
         if self._t_img_known is None:
             self._t_img_known = torch.zeros(n, dtype=torch.bool)
@@ -322,6 +325,7 @@ class ZSCLPlugin(SupervisedPlugin):
                 self._t_img = feats.new_zeros(n, feats.shape[1])
             self._t_img[todo.to(self._t_img.device)] = feats.to(self._t_img.dtype)
             self._t_img_known[todo] = True
+            self._t_img_all = bool(self._t_img_known.all())
         return self._t_img[indices.to(self._t_img.device)]
 
     # -- the losses --------------------------------------------------------------
@@ -494,9 +498,8 @@ class ZSCLPlugin(SupervisedPlugin):
                 else:
                     avgs.append(avg)
                     params.append(p.detach())
-            if avgs:  # avg * n/(n+1) + p/(n+1), one multi-tensor op each
-                torch._foreach_mul_(avgs, n / (n + 1.0))
-                torch._foreach_add_(avgs, params, alpha=1.0 / (n + 1.0))
+            if avgs:  # (n avg + p) / (n + 1) = avg + (p - avg) / (n + 1): one multi-tensor pass
+                torch._foreach_lerp_(avgs, params, 1.0 / (n + 1.0))
         self.we_count += 1
 
     def after_training_iteration(self, strategy, **kwargs):
@@ -548,6 +551,7 @@ class ZSCLPlugin(SupervisedPlugin):
         self._freeze_teacher()
         self._teacher_text = None
         self._t_img = self._t_img_known = None
+        self._t_img_all = False
 
 
 class ZSCL(FineTune):

@@ -362,3 +362,35 @@ def test_fused_tower_passes_equal_separate_passes(setup, hf_setup, monkeypatch, 
     # the training step: one image pass, one text pass (class prompts, fused with the sentences)
     assert calls_b == (1, 1)
     assert out[False][2] == (2, 2 if text_features == "student" else 1)
+
+
+def test_fast_l2_value_and_gradient_equal_autograd_including_gradless_parameters():
+    """``fast_l2``: the value computed without autograd before the backward pass and the
+    gradient ``2 w (theta - theta_start)`` added after it equal the autograd L2 term, for a
+    parameter with a task gradient, one without any (``grad is None``) and a frozen one."""
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.big = torch.nn.Parameter(torch.randn(37, 11))
+    model.small = torch.nn.Parameter(torch.randn(5))
+    model.unused = torch.nn.Parameter(torch.randn(3, 2))
+    model.frozen = torch.nn.Parameter(torch.randn(4), requires_grad=False)
+    plug = ZSCLPlugin(reference_images=torch.zeros(1, 3, 4, 4), reference_texts=["a"], l2_weight=0.7,
+                      image_weight=0.0, text_weight=0.0)
+    plug.start_weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    ref = {n: p.detach().clone().requires_grad_(p.requires_grad) for n, p in model.named_parameters()}
+    task_ref = (ref["big"] ** 3).sum() + ref["small"].sin().sum()
+    l2_ref = 0.7 * sum(((ref[n] - plug.start_weights[n]) ** 2).sum() for n in plug.start_weights)
+    (task_ref + l2_ref).backward()
+    strat = SimpleNamespace(model=model, loss=(model.big ** 3).sum() + model.small.sin().sum())
+    plug.before_backward(strat)
+    assert plug.last_losses["l2"] == pytest.approx(float(l2_ref), rel=1e-6)
+    assert float(strat.loss) == pytest.approx(float(task_ref + l2_ref), rel=1e-6)
+    strat.loss.backward()
+    assert model.unused.grad is None  # the L2 term added no autograd path
+    plug.after_backward(strat)
+    for n in ("big", "small", "unused"):
+        assert torch.allclose(getattr(model, n).grad, ref[n].grad, rtol=1e-6, atol=1e-6), n
+    assert model.frozen.grad is None
