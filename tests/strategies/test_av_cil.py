@@ -207,19 +207,26 @@ def test_plugin_terms_zero_on_first_task_then_all_present():
     assert base.item() == pytest.approx(ref_ce.item(), rel=1e-5)
 
 
+def _second_step(**kw):
+    """``(plugin, net, loss, base)`` of one step of a second task (classes 3-5, 4 current rows
+    and 2 exemplars) after the student moved away from the first task's teacher."""
+    net, x = _net(), _x()
+    plugin = AVCILPlugin(mem_size=10, mem_batch_size=2, **kw)
+    plugin.before_training_exp(_S(net, _Exp([0, 1, 2])))
+    plugin.after_training_exp(_S(net, None))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    plugin.before_training_exp(_S(net, _Exp([3, 4, 5])))
+    loss, base = _step(plugin, net, x, torch.tensor([3, 4, 5, 3, 0, 1]), 4)
+    return plugin, net, loss, base
+
+
 @pytest.mark.parametrize("off", ["kd", "instance", "class_aware", "attention"])
 def test_each_term_changes_the_gradient(off):
     def grads(**kw):
-        net, x = _net(), _x()
-        plugin = AVCILPlugin(mem_size=10, mem_batch_size=2, **kw)
-        plugin.before_training_exp(_S(net, _Exp([0, 1, 2])))
-        plugin.after_training_exp(_S(net, None))
-        torch.manual_seed(5)
-        with torch.no_grad():
-            for p in net.parameters():
-                p.add_(0.5 * torch.randn_like(p))
-        plugin.before_training_exp(_S(net, _Exp([3, 4, 5])))
-        loss, _ = _step(plugin, net, x, torch.tensor([3, 4, 5, 3, 0, 1]), 4)
+        _, net, loss, _ = _second_step(**kw)
         net.zero_grad()
         loss.backward()
         return torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
@@ -241,16 +248,7 @@ def test_kd_and_attention_weights_scale_their_terms_and_zero_removes_them():
     """The ablation weights: the added loss is ``kd_weight * kd + ... + attention_weight * ad``."""
 
     def added(**kw):
-        net, x = _net(), _x()
-        plugin = AVCILPlugin(mem_size=10, mem_batch_size=2, **kw)
-        plugin.before_training_exp(_S(net, _Exp([0, 1, 2])))
-        plugin.after_training_exp(_S(net, None))
-        torch.manual_seed(5)
-        with torch.no_grad():
-            for p in net.parameters():
-                p.add_(0.5 * torch.randn_like(p))
-        plugin.before_training_exp(_S(net, _Exp([3, 4, 5])))
-        loss, base = _step(plugin, net, x, torch.tensor([3, 4, 5, 3, 0, 1]), 4)
+        plugin, _, loss, base = _second_step(**kw)
         return (loss - base).item(), dict(plugin.last_terms)
 
     full, t = added()
