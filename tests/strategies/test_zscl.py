@@ -394,3 +394,18 @@ def test_fast_l2_value_and_gradient_equal_autograd_including_gradless_parameters
     for n in ("big", "small", "unused"):
         assert torch.allclose(getattr(model, n).grad, ref[n].grad, rtol=1e-6, atol=1e-6), n
     assert model.frozen.grad is None
+
+
+def test_fast_l2_reuses_its_difference_buffers_within_a_task_and_rebuilds_them_for_the_next():
+    model = torch.nn.Linear(3, 2)
+    plug = ZSCLPlugin(reference_images=torch.zeros(1, 3, 4, 4), reference_texts=["a"], l2_weight=1.0)
+    plug.start_weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    first = plug._l2_operands(model)[2]
+    plug._l2_direct(model)
+    assert all(a is b for a, b in zip(first, plug._l2_operands(model)[2]))  # one allocation per task
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert float(plug._l2_direct(model)) == pytest.approx(6.0)  # the buffer holds this step's difference
+    plug.start_weights = {n: p.detach().clone() for n, p in model.named_parameters()}  # the next task
+    assert float(plug._l2_direct(model)) == 0.0
+    assert not any(a is b for a, b in zip(first, plug._l2_operands(model)[2]))
