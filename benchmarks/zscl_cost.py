@@ -17,7 +17,10 @@ Target: ZSCL / fine-tune <= 1.3.
 ``--parts`` also prints where an iteration's time goes (phases between the strategy's
 callbacks, and the ZSCL plugin's own work), in ms per iteration.
 
-Usage: ``python benchmarks/zscl_cost.py [--repeats 5] [--iterations 40] [--tasks 2] [--parts]``
+``--noise`` runs the default ZSCL twice, as two identical arms, and prints their ratio: how
+far apart two medians of the same code land on this machine.
+
+Usage: ``python benchmarks/zscl_cost.py [--repeats 5] [--iterations 40] [--tasks 2] [--parts] [--noise]``
 """
 
 from __future__ import annotations
@@ -159,6 +162,9 @@ def main():
     ap.add_argument("--tasks", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--parts", action="store_true", help="also print where the time of an iteration goes")
+    ap.add_argument("--noise", action="store_true",
+                    help="also run the default ZSCL as a second, identical arm and print the ratio of the "
+                         "two (the measurement's noise floor)")
     args = ap.parse_args()
     torch.set_flush_denormal(True)
 
@@ -174,6 +180,9 @@ def main():
     rel = max(abs(a - b) / max(1.0, abs(b)) for a, b in zip(fast, plain))
     run(bundle, model, "finetune", 5, args.batch_size, 1)  # warm-up
 
+    if args.noise:
+        MODES["zscl-again"] = dict(MODES["zscl"])
+        LABELS["zscl-again"] = "ZSCL (default, second identical arm)"
     names = ["finetune", *MODES]
     res = {k: [] for k in names}
     for r in range(args.repeats):
@@ -194,6 +203,9 @@ def main():
             [z["wall"] / f["wall"] for z, f in zip(res[k], res["finetune"])])
     fig("ZSCL (default) / fine-tune iteration ratio, CPU time of the training thread",
         [z["cpu"] / f["cpu"] for z, f in zip(res["zscl"], res["finetune"])])
+    if args.noise:
+        fig("noise floor: ZSCL (default) second identical arm / first arm iteration ratio",
+            [b["wall"] / a["wall"] for a, b in zip(res["zscl"], res["zscl-again"])])
     print(f"ZSCL losses default vs plain computation, max relative difference over 10 steps: {rel:.2e}")
     if args.parts:
         print("# where the time goes, ms per iteration (median over repeats of per-run means)")
