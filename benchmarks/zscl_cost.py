@@ -20,13 +20,25 @@ callbacks, and the ZSCL plugin's own work), in ms per iteration.
 ``--noise`` runs the default ZSCL twice, as two identical arms, and prints their ratio: how
 far apart two medians of the same code land on this machine.
 
-Usage: ``python benchmarks/zscl_cost.py [--repeats 5] [--iterations 40] [--tasks 2] [--parts] [--noise]``
+``--floor`` adds ZSCL with the reference-set distillation only (L2 weight 0, no weight
+ensemble): the work the method cannot skip (a second image batch through the student,
+forward and backward), so its ratio is the floor of any ZSCL implementation on this model.
+
+The OpenMP wait policy changes the fine-tuning baseline itself (measured on 2 cores: 19-20 ms
+per iteration with libgomp's default spin-wait, 36-48 ms with ``OMP_WAIT_POLICY=PASSIVE``,
+which ``import avalanche_mm`` before torch and the ``avalanche-mm`` command set), and with it
+the ratio; the header line prints the policy and the thread count, and ``--threads`` sets the
+latter. Compare ratios only between runs with the same header.
+
+Usage: ``python benchmarks/zscl_cost.py [--repeats 5] [--iterations 40] [--tasks 2] [--threads N]
+[--parts] [--noise] [--floor]``
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 import warnings
@@ -46,11 +58,14 @@ MODES = {
     "zscl-teacher": {"precompute_teacher_images": False},  # teacher image forward every step
     "zscl-plain": {"precompute_teacher_images": False, "fused_forward": False, "fast_l2": False},
 }
+#: ``--floor``: the reference-set distillation alone (what no ZSCL implementation can skip)
+FLOOR = {"l2_weight": 0.0, "we_every": 0}
 LABELS = {
     "finetune": "fine-tune",
     "zscl": "ZSCL (default: fused passes, teacher features precomputed)",
     "zscl-teacher": "ZSCL (teacher forward every step)",
     "zscl-plain": "ZSCL (plain: separate passes, autograd L2, teacher every step)",
+    "zscl-floor": "ZSCL distillation only (no L2, no WE: the floor)",
 }
 # phases between the timer's callbacks (the timer is the last plugin: a phase ending at
 # callback X includes the other plugins' X work)
@@ -112,8 +127,9 @@ def build(bundle, model, method, iterations, batch, plugins, overrides=None):
     if method == "finetune":
         return FineTune(**common)
     ref = bundle.reference
-    return ZSCL(reference_images=ref.images, reference_texts=list(dict.fromkeys(ref.texts)), we_every=5,
-                l2_weight=1.0, temperature=2.0, ref_batch_size=batch, **(overrides or {}), **common)
+    kwargs = dict(we_every=5, l2_weight=1.0, temperature=2.0, ref_batch_size=batch)
+    kwargs.update(overrides or {})
+    return ZSCL(reference_images=ref.images, reference_texts=list(dict.fromkeys(ref.texts)), **kwargs, **common)
 
 
 class _PluginClock:
@@ -135,6 +151,14 @@ class _PluginClock:
                 return r
 
             setattr(plugin, name, timed)
+
+
+def omp_policy() -> str:
+    """The OpenMP wait policy this process runs under (read by the runtime when torch loaded)."""
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    spin = os.environ.get("GOMP_SPINCOUNT")
+    text = f"OMP_WAIT_POLICY={policy}" if policy else "OMP_WAIT_POLICY unset (libgomp: spin, then sleep)"
+    return text + (f", GOMP_SPINCOUNT={spin}" if spin else "")
 
 
 def run(bundle, model, which, iterations, batch, tasks, parts=False):
@@ -161,12 +185,19 @@ def main():
     ap.add_argument("--iterations", type=int, default=40)
     ap.add_argument("--tasks", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run ZSCL with the reference distillation only (no L2, no WE): the method's floor")
     ap.add_argument("--parts", action="store_true", help="also print where the time of an iteration goes")
     ap.add_argument("--noise", action="store_true",
                     help="also run the default ZSCL as a second, identical arm and print the ratio of the "
                          "two (the measurement's noise floor)")
     args = ap.parse_args()
     torch.set_flush_denormal(True)
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
 
     from avalanche_mm.benchmarks.catalog import demo_mtil
     from avalanche_mm.models import build_backbone
@@ -180,6 +211,8 @@ def main():
     rel = max(abs(a - b) / max(1.0, abs(b)) for a, b in zip(fast, plain))
     run(bundle, model, "finetune", 5, args.batch_size, 1)  # warm-up
 
+    if args.floor:
+        MODES["zscl-floor"] = dict(FLOOR)
     if args.noise:
         MODES["zscl-again"] = dict(MODES["zscl"])
         LABELS["zscl-again"] = "ZSCL (default, second identical arm)"
@@ -195,7 +228,7 @@ def main():
               f"{max(xs) * scale:.3f}, {len(xs)} interleaved repeats)")
 
     print(f"# demo recipe: demo-clip, batch {args.batch_size}, {args.tasks} tasks x {args.iterations} iterations, "
-          f"threads={torch.get_num_threads()}; per-iteration means (WE merges included)")
+          f"threads={torch.get_num_threads()}, {omp_policy()}; per-iteration means (WE merges included)")
     for k in names:
         fig(f"{LABELS[k]} iteration", [x["wall"] for x in res[k]], " ms", 1e3)
     for k in MODES:

@@ -30,9 +30,10 @@ def _zscl(bundle, model, rec, **kw):
     ref = bundle.reference
     args = dict(image_weight=1.0, text_weight=1.0, l2_weight=0.0, we_every=0, ref_batch_size=8)
     args.update(kw)
+    wd = args.pop("weight_decay", 0.01)  # AdamW's default
     return ZSCL(
         model=model,
-        optimizer=torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3),
+        optimizer=torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=wd),
         reference_images=ref.images,
         reference_texts=ref.texts,
         iterations=args.pop("iterations", 2),
@@ -409,3 +410,149 @@ def test_fast_l2_reuses_its_difference_buffers_within_a_task_and_rebuilds_them_f
     plug.start_weights = {n: p.detach().clone() for n, p in model.named_parameters()}  # the next task
     assert float(plug._l2_direct(model)) == 0.0
     assert not any(a is b for a, b in zip(first, plug._l2_operands(model)[2]))
+
+
+# -- sparse_embedding_l2: the L2 term (and the WE merge) of an embedding table over its looked-up rows --
+class _Emb(torch.nn.Module):
+    def __init__(self, tie=False):
+        super().__init__()
+        self.emb = torch.nn.Embedding(20, 4)
+        self.lin = torch.nn.Linear(4, 3)
+        if tie:
+            self.other = torch.nn.Embedding(20, 4)
+            self.other.weight = self.emb.weight
+
+    def forward(self, ids):
+        return self.lin(self.emb(ids).mean(1))
+
+
+def _emb_plugin(model, **kw):
+    plug = ZSCLPlugin(reference_images=torch.zeros(1, 3, 4, 4), reference_texts=["a"], image_weight=0.0,
+                      text_weight=0.0, **kw)
+    plug.start_weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return plug
+
+
+def test_sparse_embedding_l2_is_used_only_where_it_is_exact():
+    from avalanche_mm.strategies.zscl import _row_sparse_tables
+
+    def tracked(model, opt):
+        params = [p for p in model.parameters()]
+        out = _row_sparse_tables(model, opt, params, [p.detach().clone() for p in params])
+        for t in out.values():
+            t.remove()
+        return {id(params[i]) for i in out}
+
+    m = _Emb()
+    emb = {id(m.emb.weight)}
+    assert tracked(m, torch.optim.AdamW(m.parameters(), weight_decay=0.0)) == emb
+    assert tracked(m, torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)) == emb
+    assert tracked(m, torch.optim.AdamW(m.parameters(), weight_decay=0.01)) == set()  # decay moves every row
+    assert tracked(m, torch.optim.RMSprop(m.parameters())) == set()  # not one of the checked optimizers
+
+    class MyAdam(torch.optim.Adam):
+        pass
+
+    assert tracked(m, MyAdam(m.parameters())) == set()  # a subclass may change the step
+    assert tracked(m, None) == set()
+    tied = _Emb(tie=True)
+    assert tracked(tied, torch.optim.Adam(tied.parameters())) == set()  # shared by two modules
+    m.emb.max_norm = 1.0  # renormalises rows in the forward pass
+    assert tracked(m, torch.optim.Adam(m.parameters())) == set()
+
+
+def test_sparse_embedding_l2_value_gradient_and_carried_state_equal_the_dense_term():
+    """Rows looked up with gradient, and rows with optimizer state from an earlier task, are
+    tracked; over them the value and the gradient equal the dense autograd term."""
+    torch.manual_seed(0)
+    model = _Emb()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    opt.state[model.emb.weight] = {"exp_avg": torch.zeros(20, 4).index_fill_(0, torch.tensor([7]), 0.5),
+                                   "exp_avg_sq": torch.ones(20, 4), "step": torch.tensor(3.0)}
+    plug = _emb_plugin(model, l2_weight=0.3)
+    ids = torch.tensor([[1, 2, 2], [9, 1, 3]])
+    strat = SimpleNamespace(model=model, optimizer=opt, device="cpu")
+    plug.before_forward(strat)  # builds the tracker before the model's forward
+    strat.loss = model(ids).sum()
+    plug.before_backward(strat)
+    (tracker,) = plug._l2_rows.values()
+    assert sorted(tracker.rows().tolist()) == [1, 2, 3, 7, 9]
+    strat.loss.backward()
+    plug.after_backward(strat)
+    opt.step()
+    opt.zero_grad()
+    assert torch.equal(model.emb.weight[[0, 4, 5]], plug.start_weights["emb.weight"][[0, 4, 5]])  # untouched rows
+    for step in (1, 2, 3):
+        plug.iteration = step
+        ids = torch.tensor([[4, 2, 2], [1, 1, 11]])
+        plug.before_forward(strat)
+        strat.loss = model(ids).sum()
+        plug.before_backward(strat)
+        ref = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+        l2_ref = 0.3 * sum(((ref[n] - plug.start_weights[n]) ** 2).sum() for n in ref)
+        l2_ref.backward()
+        assert plug.last_losses["l2"] == pytest.approx(float(l2_ref), rel=1e-6)
+        task_loss = model(ids).sum()  # the same task loss, for its gradient alone
+        task = dict(zip([n for n, _ in model.named_parameters()],
+                        torch.autograd.grad(task_loss, list(model.parameters()))))
+        strat.loss.backward()
+        plug.after_backward(strat)
+        for n, p in model.named_parameters():
+            assert torch.allclose(p.grad, task[n] + ref[n].grad, rtol=1e-6, atol=1e-7), n
+        opt.step()
+        opt.zero_grad()
+    assert list(plug._l2_rows.values()) == [tracker]  # the checks at steps 1 and 2 passed
+    assert len(tracker.rows()) == 7  # 1, 2, 3, 4, 7, 9, 11 of 20
+
+
+def test_sparse_embedding_l2_falls_back_to_dense_when_an_untracked_row_moves():
+    torch.manual_seed(0)
+    model = _Emb()
+    opt = torch.optim.AdamW(model.parameters(), weight_decay=0.0)
+    plug = _emb_plugin(model, l2_weight=1.0)
+    strat = SimpleNamespace(model=model, optimizer=opt, device="cpu")
+    plug.before_forward(strat)
+    strat.loss = model(torch.tensor([[1, 2]])).sum()
+    plug.before_backward(strat)
+    assert plug._l2_rows
+    with torch.no_grad():
+        model.emb.weight[15].add_(1.0)  # not looked up: moved by something else than the optimizer
+    plug.iteration = 1
+    with pytest.warns(RuntimeWarning, match="1 row"):
+        plug.before_backward(strat)
+    assert not plug._l2_rows and not model.emb._forward_hooks  # dense from now on, hook removed
+    assert plug.last_losses["l2"] == pytest.approx(4.0)  # the dense term sees row 15
+
+
+def test_sparse_embedding_l2_trains_as_the_dense_term_and_tracks_few_rows(setup):
+    """On the demo CLIP (AdamW without weight decay, as the MTIL recipe), ZSCL with the
+    token embedding's L2 term and WE merge over its looked-up rows gives the dense run's
+    losses and final (merged) weights; the tracked rows are a small part of the table."""
+    bundle, model = setup
+    exp = bundle.scenario.train_stream[0]
+    out = {}
+    for sparse in (False, True):
+        torch.manual_seed(0)
+        rec = Recorder()
+        strat = _zscl(bundle, copy.deepcopy(model), rec, iterations=5, l2_weight=1.0, we_every=2,
+                      weight_decay=0.0, sparse_embedding_l2=sparse)
+        seen = _spy_losses(strat)
+        sizes = []
+        orig = strat.zscl_plugin.after_backward
+
+        def spy(strategy, _orig=orig, **k):
+            sizes.extend((len(t.rows()), len(t.mask)) for t in strategy.zscl_plugin._l2_rows.values())
+            _orig(strategy, **k)
+
+        strat.zscl_plugin.after_backward = spy
+        strat.train(exp)
+        out[sparse] = seen, {n: p.detach().clone() for n, p in strat.model.named_parameters()}, sizes
+    (la, wa, _), (lb, wb, sizes) = out[False], out[True]
+    assert len(sizes) == 5 and all(r < n // 10 for r, n in sizes)  # every step ran sparse, over few rows
+    assert not out[False][2]
+    for (ta, da), (tb, db) in zip(la, lb):
+        assert abs(ta - tb) <= 1e-5 * max(1.0, abs(ta))
+        assert abs(da["l2"] - db["l2"]) <= 1e-5 * max(1e-6, abs(da["l2"]))
+    assert la[-1][1]["l2"] > 0
+    for n in wa:
+        assert torch.allclose(wa[n], wb[n], rtol=1e-5, atol=1e-6), n
