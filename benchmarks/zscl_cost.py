@@ -54,8 +54,9 @@ TASKS = [{"name": "textures", "target": "texture"}, {"name": "colours", "target"
 
 #: ZSCL variants: constructor overrides of the defaults
 MODES = {
-    "zscl": {},  # what a user gets: fused passes, fast L2, teacher features precomputed (tensor reference)
+    "zscl": {},  # what a user gets: fused passes, fast L2 (embedding rows looked up), teacher features precomputed
     "zscl-teacher": {"precompute_teacher_images": False},  # teacher image forward every step
+    "zscl-dense-l2": {"sparse_embedding_l2": False},  # the token embedding's L2 and WE over all rows
     "zscl-plain": {"precompute_teacher_images": False, "fused_forward": False, "fast_l2": False},
 }
 #: ``--floor``: the reference-set distillation alone (what no ZSCL implementation can skip)
@@ -63,6 +64,7 @@ FLOOR = {"l2_weight": 0.0, "we_every": 0}
 LABELS = {
     "finetune": "fine-tune",
     "zscl": "ZSCL (default: fused passes, teacher features precomputed)",
+    "zscl-dense-l2": "ZSCL (token embedding's L2 and WE merge over all rows)",
     "zscl-teacher": "ZSCL (teacher forward every step)",
     "zscl-plain": "ZSCL (plain: separate passes, autograd L2, teacher every step)",
     "zscl-floor": "ZSCL distillation only (no L2, no WE: the floor)",

@@ -293,6 +293,12 @@ SCHEMA = Section(
             help="data-parallel runs under torchrun / --nproc-per-node (see docs/scaling.md)",
         ),
         "output": Opt("str", None, nullable=True, help="results folder (the CLI's --output wins)"),
+        "threads": Opt(
+            "int", None, nullable=True, minimum=1,
+            help="torch intra-op CPU threads during the run (null: torch's default); demo-size models run "
+            "fastest with 1, and a fixed count makes CPU results the same on machines with more cores "
+            "(docs/trust.md, Busy machines)",
+        ),
         "progress_bar": Opt("bool", True, help="tqdm progress bars on training and evaluation"),
         "loggers": Opt(
             "list", ["text"], item="str",

@@ -622,6 +622,9 @@ def run_experiment(
     checks.raise_problems()
     for note in checks.notes:
         log(f"note: {note}")
+    threads_before = torch.get_num_threads()
+    if cfg.get("threads") is not None:  # restored when the run ends (a process-wide setting)
+        torch.set_num_threads(int(cfg["threads"]))
     env = environment(cfg, device)
     run_info = {"status": "running", "output": out, "started": env["started"], "studies": list(cfg["studies"])}
     lock = None
@@ -650,6 +653,7 @@ def run_experiment(
             atomic_write_json(os.path.join(out, "run.json"), run_info)
         raise
     finally:
+        torch.set_num_threads(threads_before)
         if lock is not None:
             lock.release()
 

@@ -161,3 +161,29 @@ def test_model_mask_unseen_reaches_the_class_incremental_head():
     for flag in (False, True):
         head = clip_classifier(backbone, bundle, {"kind": "clip", "backbone": "demo-clip", "mask_unseen": flag})
         assert head.mask_unseen is flag
+
+
+def test_threads_is_validated_applied_for_the_run_and_restored(tmp_path):
+    import torch
+
+    from avalanche_mm.experiments import runner
+
+    assert "threads" in _errors({**BASE, "threads": 0})
+    assert "threads" in _errors({**BASE, "threads": "two"})
+    assert validate_config(BASE)["threads"] is None
+    seen = []
+
+    class Spy:
+        def __call__(self, ctx):
+            seen.append(torch.get_num_threads())
+            return None
+
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    cfg = {**BASE, "threads": target, "device": "cpu", "progress_bar": False,
+           "report": {"plots": False, "html": False}, "strategies": {"finetune": {}}}
+    runner.run_experiment(cfg, output_dir=str(tmp_path / "out"), report=False, log=lambda *a: None,
+                          extra_plugins=[Spy()])
+    assert seen and set(seen) == {target}  # the strategies were built under the run's count
+    assert read_json(str(tmp_path / "out" / "environment.json"))["torch_threads"] == target
+    assert torch.get_num_threads() == before  # a process-wide setting, restored after the run
