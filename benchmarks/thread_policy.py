@@ -26,6 +26,8 @@ import statistics
 import subprocess
 import sys
 
+from busy_machine import LOAD  # a bounded busy process (this script's folder is on sys.path)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SETTINGS = {
@@ -41,19 +43,14 @@ warnings.filterwarnings("ignore")
 sys.path.insert(0, sys.argv[1])
 import torch
 import zscl_cost as zc
-from avalanche_mm.benchmarks.catalog import demo_mtil
-from avalanche_mm.models import build_backbone
-from avalanche_mm.models.build import clip_classifier
 torch.set_flush_denormal(True)
 iterations = int(sys.argv[2])
-bundle = demo_mtil(world=zc.WORLD, tasks=zc.TASKS, train_per_class=32, test_per_class=16, reference_per_combination=20)
-model = clip_classifier(build_backbone("demo-clip", seed=0), bundle, {"freeze": ["logit_scale"]})
+bundle, model = zc.demo_setup()
 zc.run(bundle, model, "finetune", 5, 32, 1)  # warm-up
 ms = [zc.run(bundle, model, which, iterations, 32, 2)["wall"] * 1e3 for which in ("finetune", "zscl")]
 print(torch.get_num_threads(), *ms)
 """
 
-LOAD = "import time, sys\nend = time.time() + float(sys.argv[1])\nwhile time.time() < end:\n    pass\n"
 
 
 def run_once(setting: str, iterations: int, load: int, max_seconds: float):

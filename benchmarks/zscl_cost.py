@@ -155,6 +155,17 @@ class _PluginClock:
             setattr(plugin, name, timed)
 
 
+def demo_setup():
+    """``(bundle, model)``: the demo recipe's MTIL world and ``demo-clip`` classifier."""
+    from avalanche_mm.benchmarks.catalog import demo_mtil
+    from avalanche_mm.models import build_backbone
+    from avalanche_mm.models.build import clip_classifier
+
+    bundle = demo_mtil(world=WORLD, tasks=TASKS, train_per_class=32, test_per_class=16, reference_per_combination=20)
+    model = clip_classifier(build_backbone("demo-clip", seed=0), bundle, {"freeze": ["logit_scale"]})
+    return bundle, model
+
+
 def omp_policy() -> str:
     """The OpenMP wait policy this process runs under (read by the runtime when torch loaded)."""
     policy = os.environ.get("OMP_WAIT_POLICY")
@@ -201,12 +212,7 @@ def main():
             ap.error(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
 
-    from avalanche_mm.benchmarks.catalog import demo_mtil
-    from avalanche_mm.models import build_backbone
-    from avalanche_mm.models.build import clip_classifier
-
-    bundle = demo_mtil(world=WORLD, tasks=TASKS, train_per_class=32, test_per_class=16, reference_per_combination=20)
-    model = clip_classifier(build_backbone("demo-clip", seed=0), bundle, {"freeze": ["logit_scale"]})
+    bundle, model = demo_setup()
     # the default's losses against the plain computation (same data, same weights)
     fast = run(bundle, model, "zscl", 10, args.batch_size, 1)["losses"]
     plain = run(bundle, model, "zscl-plain", 10, args.batch_size, 1)["losses"]

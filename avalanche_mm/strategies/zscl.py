@@ -132,6 +132,7 @@ class _LookedUpRows:
     (plus those already moved when tracking began), recorded by a forward hook."""
 
     def __init__(self, module: nn.Embedding, mask: Tensor):
+        self.param = module.weight
         self.mask = mask
         self._rows: Optional[Tensor] = None
         self._handle = module.register_forward_hook(self._seen)
@@ -650,7 +651,7 @@ class ZSCLPlugin(SupervisedPlugin):
         avgs, params = [], []
         # an embedding table tracked by sparse_embedding_l2: its other rows equal the task
         # start in the weights and in the average, where the merge leaves them unchanged
-        tracked = {id(self._l2_cache[2][i]): t for i, t in self._l2_rows.items()} if self._l2_cache else {}
+        tracked = {id(t.param): t for t in self._l2_rows.values()}
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if not p.requires_grad:
@@ -659,7 +660,7 @@ class ZSCLPlugin(SupervisedPlugin):
                 tracker = tracked.get(id(p))
                 if avg is None or n == 0:
                     self.we_weights[name] = p.detach().clone()
-                elif tracker is not None and avg.shape == p.shape:
+                elif tracker is not None:
                     rows = tracker.rows()
                     merged = avg.index_select(0, rows).lerp_(p.detach().index_select(0, rows), 1.0 / (n + 1.0))
                     avg.index_copy_(0, rows, merged)
